@@ -2,7 +2,9 @@
 
 Measures, on 8 gaussians with the paper's critic (4 layers, batch 50, T_0 = 50):
 
-1. the wall time of one WGAN-GP critic step (width 128 and 512);
+1. the wall time of one WGAN-GP critic step (width 128 and 512, on one thread and on all
+   cores), with the default MLP's explicit input gradients and, side by side, with the
+   same network behind autograd's double backward (``create_graph=True``);
 2. Algorithm 1 for ``T`` outer steps in ``mode="pool"`` and ``mode="paper"``: time per outer
    step (first and last few, since paper mode grows linearly with the number of layers)
    and per critic step;
@@ -37,14 +39,37 @@ def _data(n: int = 500) -> torch.Tensor:
     return data * (0.8 / data.abs().max())
 
 
-def critic_step_time(hidden: int, steps: int) -> float:
-    """Seconds per critic step (pool sampling), after a warm-up."""
-    data, pool = _data(), 0.5 * torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
-    critic = fk.critics.WGANGPCritic(dim=2, hidden=hidden, steps=steps, seed=0)
-    critic.train(pool, data, 10)
-    start = time.perf_counter()
-    critic.train(pool, data)
-    return (time.perf_counter() - start) / steps
+class _PlainModule(torch.nn.Module):
+    """The same MLP without ``values_and_input_gradients``: the penalty takes autograd."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def critic_step_time(hidden: int, steps: int, explicit: bool = True, threads: int = 1,
+                     repeats: int = 3) -> float:
+    """Seconds per critic step (pool sampling), best of ``repeats`` after a warm-up."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = _data()
+        pool = 0.5 * torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+        net = fk.critics.MLP(2, None, hidden, 4, generator=torch.Generator().manual_seed(0))
+        critic = fk.critics.WGANGPCritic(net=net if explicit else _PlainModule(net),
+                                         steps=steps, seed=0)
+        critic.train(pool, data, 10)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            critic.train(pool, data)
+            best = min(best, (time.perf_counter() - start) / steps)
+        return best
+    finally:
+        torch.set_num_threads(previous)
 
 
 def algorithm1_times(mode: str, outer: int, t0: int, hidden: int) -> dict:
@@ -95,21 +120,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "toy_alg1.json"))
     args = parser.parse_args()
+    cores = torch.get_num_threads()  # torch's default: all cores
     torch.set_num_threads(args.threads)
     outer = 4 if args.quick else args.outer_steps
     t0 = 10 if args.quick else args.critic_steps
-    steps = 20 if args.quick else 300
+    steps = 20 if args.quick else 100
 
     critic = {h: critic_step_time(h, steps) for h in (128, 512)}
+    step_rows = [{"hidden": h, "threads": th,
+                  "explicit": critic_step_time(h, steps, True, th),
+                  "autograd": critic_step_time(h, steps, False, th)}
+                 for h in (128, 512) for th in sorted({1, cores})]
     runs = [algorithm1_times(mode, outer, t0, 128) for mode in ("pool", "paper")]
     gen = {h: algorithm2_cost(h, 4 if args.quick else 20, 10_000, 1 if args.quick else 3)
            for h in (128, 512)}
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print("\ncritic step (batch 50, one-sided penalty, 4 layers):")
-    for h, t in critic.items():
-        print(f"  width {h:>3}: {1e3 * t:7.2f} ms / critic step")
+    print("\ncritic step (batch 50, one-sided penalty, 4 layers), ms, best of 3:")
+    print("| width | threads | explicit input gradient | autograd double backward | ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in step_rows:
+        print(f"| {r['hidden']} | {r['threads']} | {1e3 * r['explicit']:.2f} | "
+              f"{1e3 * r['autograd']:.2f} | {r['autograd'] / r['explicit']:.2f} |")
     print(f"\nAlgorithm 1, 8 gaussians, width 128, T = {outer}, T_0 = {t0}:")
     print("| mode | s / outer step (mean) | first steps | last steps | ms / critic step "
           "| total s |")
@@ -127,6 +160,7 @@ def main() -> None:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "critic_step_seconds": {str(h): t for h, t in critic.items()},
+        "critic_step_explicit_vs_autograd": step_rows,
         "algorithm1": runs,
         "algorithm2_seconds_per_1000_samples_per_layer": {str(h): t for h, t in gen.items()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),

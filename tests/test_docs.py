@@ -9,12 +9,14 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # pages whose examples are cheap enough for the test suite
-PAGES = ["custom_objective.md", "quickstart.md"]
+PAGES = ["custom_objective.md", "quickstart.md", "algorithm1.md"]
 
 
 def _examples(page):
     text = (DOCS / page).read_text()
-    return re.findall(r"```python\n(.*?)```\n+Output:\n+```\n(.*?)```", text, re.S)
+    # a code block followed by its Output block; blocks without one are skipped
+    block = r"((?:(?!```).)*?)"
+    return re.findall(rf"```python\n{block}```\n+Output:\n+```\n{block}```", text, re.S)
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -44,6 +44,12 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
     fresh = results["algorithm2_fresh"]
     assert fresh["n_fresh"] == cfg["fresh_factor"] * cfg["size"]
     assert fresh["W2_all"] > 0 and fresh["seconds_per_1000_samples_per_layer"] > 0
+    held = results["held_out_W2"]
+    assert (held["n"], held["chunks"]) == (cfg["size"], cfg["fresh_factor"])
+    for who in ("training_particles", "fresh", "data"):
+        assert held[who]["mean"] > 0 and held[who]["std"] >= 0
+    assert "Held out" in printed
+    assert json.loads((run / "config.json").read_text())["config"]["threads"] == 1
 
 
 def test_quick_paper_mode_without_baseline(tmp_path):

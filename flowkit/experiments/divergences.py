@@ -59,12 +59,8 @@ def _objectives(data: torch.Tensor, args: argparse.Namespace) -> dict:
         "energy distance": fk.objectives.EnergyDistance(data),
         "Sinkhorn (blur 0.05)": fk.objectives.SinkhornDivergence(data, blur=0.05),
     }
-    try:
-        critic = fk.critics.WGANGPCritic(dim=2, hidden=128, steps=args.critic_steps,
-                                         seed=args.seed)
-        objs["Algorithm 1 (WGAN-GP)"] = fk.objectives.AdversarialObjective(critic, data)
-    except AttributeError:  # pragma: no cover - only while the critic is not in the build
-        print("Algorithm 1 skipped: flowkit.critics.WGANGPCritic is not available")
+    critic = fk.critics.WGANGPCritic(dim=2, hidden=128, steps=args.critic_steps, seed=args.seed)
+    objs["Algorithm 1 (WGAN-GP)"] = fk.objectives.AdversarialObjective(critic, data)
     return objs
 
 
