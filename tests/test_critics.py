@@ -306,3 +306,27 @@ class _Squeeze(nn.Module):
 
     def forward(self, x):
         return self.body(x).squeeze(1)
+
+
+def test_custom_explicit_gradients_are_used_and_checked():
+    class Linear(nn.Module):  # f(x) = w^T x, gradient w: supplied by hand
+        def __init__(self, bad=False):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([3.0, 4.0]))
+            self.bad, self.calls = bad, 0
+
+        def forward(self, x):
+            return x @ self.w
+
+        def values_and_input_gradients(self, x, points):
+            self.calls += 1
+            grad = self.w.expand(len(points), 2)
+            return self.forward(x), grad[:1] if self.bad else grad
+
+    fake, data = _blobs()
+    net = Linear()
+    critic = WGANGPCritic(net=net, steps=3, seed=0, penalty="two-sided")
+    critic.fit(fake, data)
+    assert net.calls == 3
+    with pytest.raises(ValueError, match="values_and_input_gradients"):
+        WGANGPCritic(net=Linear(bad=True), steps=1).fit(fake, data)

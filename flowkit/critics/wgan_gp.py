@@ -286,17 +286,22 @@ class WGANGPCritic(CriticTrainingState):
         points = penalty_points(real[:nb], fake[:nb], kind, generator=g,
                                 perturbation=self.perturbation)
         explicit = getattr(net, "values_and_input_gradients", None)
+        grad = None
         if self.lam > 0 and callable(explicit):
             out, grad = explicit(torch.cat([fake, real]), points)
-        else:
-            points.requires_grad_(self.lam > 0)
+            if out.shape != (len(fake) + len(real),) or grad.shape != points.shape:
+                raise ValueError("net.values_and_input_gradients(x, points) must return values "
+                                 f"({len(fake) + len(real)},) and gradients "
+                                 f"{tuple(points.shape)}, got {tuple(out.shape)} and "
+                                 f"{tuple(grad.shape)}")
+        elif self.lam > 0:
+            points.requires_grad_(True)
             out = critic_values(net, torch.cat([fake, real, points]))
-            if self.lam > 0:
-                (grad,) = torch.autograd.grad(out[len(out) - nb:].sum(), points,
-                                              create_graph=True)
-        f_fake, f_real = out[:len(fake)], out[len(fake):len(fake) + len(real)]
-        loss = f_fake.mean() - f_real.mean()
-        if self.lam > 0:
+            (grad,) = torch.autograd.grad(out[len(out) - nb:].sum(), points, create_graph=True)
+        else:  # the points are still drawn, so the random stream does not depend on lam
+            out = critic_values(net, torch.cat([fake, real]))
+        loss = out[:len(fake)].mean() - out[len(fake):len(fake) + len(real)].mean()
+        if grad is not None:
             loss = loss + self.lam * penalty_from_gradients(grad, kind).mean()
         return loss
 
