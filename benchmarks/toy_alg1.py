@@ -126,7 +126,6 @@ def main() -> None:
     t0 = 10 if args.quick else args.critic_steps
     steps = 20 if args.quick else 100
 
-    critic = {h: critic_step_time(h, steps) for h in (128, 512)}
     step_rows = [{"hidden": h, "threads": th,
                   "explicit": critic_step_time(h, steps, True, th),
                   "autograd": critic_step_time(h, steps, False, th)}
@@ -159,7 +158,6 @@ def main() -> None:
         "command": "python benchmarks/toy_alg1.py" + (" --quick" if args.quick else ""),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "critic_step_seconds": {str(h): t for h, t in critic.items()},
         "critic_step_explicit_vs_autograd": step_rows,
         "algorithm1": runs,
         "algorithm2_seconds_per_1000_samples_per_layer": {str(h): t for h, t in gen.items()},

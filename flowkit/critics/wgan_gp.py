@@ -51,6 +51,7 @@ _DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": lambda z: 1.0 - torch.tanh(z).square(),
 }
 
+
 class MLP(nn.Module):
     """A fully connected network on flattened events: ``depth`` linear layers.
 
@@ -106,7 +107,8 @@ class MLP(nn.Module):
         differentiates its own backward graph, which also runs over the rows of ``x`` and
         sums weight gradients of mismatched memory layouts; at ``points`` only the
         pre-activations are needed, not :math:`f`. ``benchmarks/toy_alg1.py`` measures the
-        difference (a WGAN-GP critic step of width 512: 1.4x on a CPU). Scalar MLPs only.
+        difference (a WGAN-GP critic step of width 512: 1.5x to 1.7x on a CPU). Scalar MLPs
+        only.
 
         Parameters
         ----------
