@@ -95,11 +95,16 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_seed(seed: object, name: str = "seed") -> int | torch.Generator:
+    """An ``int`` (not a bool) or a ``torch.Generator``, returned unchanged."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator)):
+        raise TypeError(f"{name} must be an int or a torch.Generator, got {type(seed).__name__}")
+    return seed
+
+
 def as_generator(seed: int | torch.Generator, device: torch.device | str, name: str = "seed"
                  ) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` from a seed (or the caller's own generator)."""
-    if isinstance(seed, torch.Generator):
+    if isinstance(check_seed(seed, name), torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"{name} must be an int or a torch.Generator, got {type(seed).__name__}")
     return torch.Generator(device=device).manual_seed(seed)

@@ -20,6 +20,7 @@ from flowkit.validation import (
     check_int,
     check_particles,
     check_positive,
+    check_seed,
 )
 
 __all__ = ["CriticTrainingState", "Batches", "make_adam", "check_betas"]
@@ -59,9 +60,7 @@ class CriticTrainingState:
         if perturbation is not None:
             check_positive(perturbation, "perturbation")
         self.perturbation = perturbation
-        if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator)):
-            raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-        self._seed = seed
+        self._seed = check_seed(seed)
         self._generator: torch.Generator | None = seed if isinstance(seed, torch.Generator) \
             else None
         self.last_losses: Tensor | None = None

@@ -47,7 +47,13 @@ from flowkit.insertion import PulledBackPotential
 from flowkit.layers import GradientLayer, GradientLayerStack
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
-from flowkit.validation import as_generator, check_compatible, check_int, check_particles
+from flowkit.validation import (
+    as_generator,
+    check_compatible,
+    check_int,
+    check_particles,
+    check_seed,
+)
 
 __all__ = ["AdversarialObjective", "Critic", "LayerHistory", "gaussian_base"]
 
@@ -245,9 +251,7 @@ class AdversarialObjective(FunctionalObjective):
         if push_batch_size is not None:
             check_int(push_batch_size, "push_batch_size")
         self.push_batch_size = push_batch_size
-        if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator)):
-            raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-        self._seed = seed
+        self._seed = check_seed(seed)
         self._generator: torch.Generator | None = None
         self.layers = GradientLayerStack()  # the recorded history (mode="paper" only)
         self.history = None if history_dir is None else LayerHistory(history_dir)

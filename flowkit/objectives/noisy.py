@@ -32,6 +32,7 @@ from torch import Tensor
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential
+from flowkit.validation import check_seed
 
 __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 
@@ -127,9 +128,7 @@ class NoisyMMDFlow(MMD):
                              f"got {noise_level!r}")
         else:
             self.schedule = _Constant(float(noise_level), None)
-        if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator)):
-            raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-        self._seed = seed
+        self._seed = check_seed(seed)
         self.generator: torch.Generator | None = seed if isinstance(seed, torch.Generator) \
             else None
         self.step = 0
