@@ -7,8 +7,9 @@ was expected, so that a wrong call fails at the door rather than deep inside a k
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,19 +17,31 @@ __all__ = [
     "check_particles",
     "check_compatible",
     "check_positive",
+    "check_nonnegative",
+    "check_number",
     "check_finite",
     "check_step_size",
     "check_int",
+    "check_choice",
+    "check_seed",
+    "check_weights",
     "as_generator",
+    "rng_state",
+    "set_rng_state",
 ]
 
 
 def check_particles(x: object, name: str = "x", *, allow_empty: bool = False,
                     finite: bool = True) -> Tensor:
-    """A floating tensor of shape ``(N, *event)``, with finite entries if ``finite``."""
+    """A floating tensor of shape ``(N, *event)``, with finite entries if ``finite``.
+
+    Values are not inspected on the ``meta`` device (there are none); shapes still are.
+    """
     if not isinstance(x, Tensor):
+        hint = (f"; convert it with torch.as_tensor({name}, dtype=torch.float32)"
+                if hasattr(x, "__array__") or isinstance(x, (list, tuple)) else "")
         raise TypeError(
-            f"{name} must be a torch.Tensor of shape (N, *event), got {type(x).__name__}"
+            f"{name} must be a torch.Tensor of shape (N, *event), got {type(x).__name__}{hint}"
         )
     if x.dim() < 2:
         raise ValueError(
@@ -47,7 +60,12 @@ def check_particles(x: object, name: str = "x", *, allow_empty: bool = False,
 
 
 def check_finite(x: Tensor, name: str) -> None:
-    """Raise if ``x`` holds a NaN or an infinity (one device sync; call outside hot loops)."""
+    """Raise if ``x`` holds a NaN or an infinity (one device sync; call outside hot loops).
+
+    A ``meta`` tensor has no values, so it passes.
+    """
+    if x.device.type == "meta":
+        return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
@@ -71,6 +89,30 @@ def check_compatible(x: Tensor, ref: Tensor, name: str = "x", ref_name: str = "t
         )
 
 
+def check_number(value: object, name: str, *, minimum: float | None = None,
+                 maximum: float | None = None, strict_minimum: bool = False,
+                 allow_inf: bool = False) -> float:
+    """A real number (not a bool; a 0-dim tensor or numpy scalar is read), within bounds.
+
+    ``minimum`` is inclusive unless ``strict_minimum``; ``maximum`` is inclusive. NaN is
+    always refused, infinities unless ``allow_inf``.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0 and not isinstance(
+            value, bool):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
+        op = ">" if strict_minimum else ">="
+        raise ValueError(f"{name} must be {op} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
 def check_positive(value: float, name: str) -> float:
     """A finite real number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -78,6 +120,18 @@ def check_positive(value: float, name: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    """A finite real number >= 0."""
+    return check_number(value, name, minimum=0.0)
+
+
+def check_choice(value: object, name: str, options: Sequence[str]) -> str:
+    """One of a fixed set of option strings."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value
 
 
 def check_step_size(step_size: float | Callable[[int], float]) -> Callable[[int], float]:
@@ -88,23 +142,91 @@ def check_step_size(step_size: float | Callable[[int], float]) -> Callable[[int]
     return lambda k: eta
 
 
-def check_int(value: object, name: str, minimum: int = 1) -> int:
-    """An ``int`` (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_int(value: object, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An ``int`` (not a bool; numpy integers are accepted) with ``minimum <= value``.
+
+    Raises ``ValueError`` for every failure (wrong type included), so callers that catch
+    ``ValueError`` for a bad count keep working.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be an int >= {minimum}{upper}, got {value!r}")
     return value
 
 
 def check_seed(seed: object, name: str = "seed") -> int | torch.Generator:
-    """An ``int`` (not a bool) or a ``torch.Generator``, returned unchanged."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator)):
+    """A non-negative ``int`` (not a bool) or a ``torch.Generator``, returned unchanged."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer, torch.Generator)):
         raise TypeError(f"{name} must be an int or a torch.Generator, got {type(seed).__name__}")
+    if not isinstance(seed, torch.Generator):
+        if not 0 <= int(seed) < 2**64:
+            raise ValueError(f"{name} must be an int in [0, 2**64), got {seed}")
+        return int(seed)
     return seed
+
+
+def check_weights(weights: object, n: int, name: str = "weights", *, like: Tensor | None = None,
+                  normalized: bool = True, atol: float = 1e-5) -> Tensor:
+    """Particle weights: a tensor ``(n,)`` of finite, non-negative entries (summing to 1).
+
+    ``like``, when given, fixes the device and dtype the weights must share. With
+    ``normalized`` the sum must be 1 within ``atol`` (relative to the dtype's precision the
+    default suits float32 and float64).
+    """
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape ({n},), got "
+                        f"{type(weights).__name__}")
+    if weights.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one weight per sample, got "
+                         f"{tuple(weights.shape)}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {weights.dtype}")
+    if like is not None:
+        if weights.device != like.device:
+            raise ValueError(f"{name} is on {weights.device} but the samples are on "
+                             f"{like.device}; move them with {name}.to(x.device)")
+        if weights.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {weights.dtype} but the samples have "
+                            f"{like.dtype}; cast them with {name}.to(x.dtype)")
+    if weights.device.type == "meta":
+        return weights
+    check_finite(weights, name)
+    if bool((weights < 0).any()):
+        raise ValueError(f"{name} must be non-negative, got a minimum of "
+                         f"{float(weights.min()):.3g}")
+    if normalized:
+        total = float(weights.sum())
+        if abs(total - 1.0) > atol:
+            raise ValueError(f"{name} must sum to 1, got {total:.6g}; divide by their sum")
+    return weights
 
 
 def as_generator(seed: int | torch.Generator, device: torch.device | str, name: str = "seed"
                  ) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` from a seed (or the caller's own generator)."""
-    if isinstance(check_seed(seed, name), torch.Generator):
+    seed = check_seed(seed, name)
+    if isinstance(seed, torch.Generator):
         return seed
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def rng_state(device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """The global torch RNG state (CPU, plus the device's when it is CUDA), to checkpoint."""
+    state = {"cpu": torch.get_rng_state()}
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor] | Tensor,
+                  device: torch.device | str | None = None) -> None:
+    """Restore what :func:`rng_state` returned (a bare CPU state tensor is accepted too)."""
+    if isinstance(state, Tensor):
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
