@@ -382,8 +382,8 @@ def _critic_entries() -> list[Entry]:
 def _game_entries() -> list[Entry]:
     g = fk.games
     out = []
-    for name in ("SGA", "OMD", "EG"):
-        out.append(Entry(f"games.{name}", lambda step_size, _c=getattr(g, name): _c(step_size),
+    for cls in (g.SGA, g.OMD, g.EG):
+        out.append(Entry(f"games.{cls.__name__}", lambda step_size, _c=cls: _c(step_size),
                          {"step_size": lambda: 0.1}, {"step_size": "positive"}))
     out.append(Entry("games.run", lambda n_steps: g.run(
         g.Bilinear(torch.eye(2, dtype=torch.float64)), g.SGA(0.1),
