@@ -5,10 +5,10 @@
   a GAN).
 - :mod:`~flowkit.games.dynamics`: SGA, alternating GDA, OMD, CO, PM, IU, extragradient.
 - :mod:`~flowkit.games.rates`: :func:`run`, the predicted (spectral) and measured rates,
-  and their closed forms on bilinear games (Liang & Stokes 2019; digest sec. 3).
+  and their closed forms on bilinear games (Liang & Stokes 2019 [LS19]).
 - :mod:`~flowkit.games.conjugate_gradient`, :mod:`~flowkit.games.schedules`,
-  :mod:`~flowkit.games.two_player`: the CG optimizer of Naganuma & Iiduka (2023; digest
-  sec. 4), its learning-rate rules, and the two-player wrapper.
+  :mod:`~flowkit.games.two_player`: the CG optimizer of Naganuma & Iiduka (2023) [NI23],
+  its learning-rate rules, and the two-player wrapper.
 """
 
 from flowkit.games.conjugate_gradient import BETA_RULES, ConjugateGradient, conjugate_beta

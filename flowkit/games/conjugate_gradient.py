@@ -1,5 +1,5 @@
 """The nonlinear conjugate gradient method as a ``torch.optim.Optimizer`` (Naganuma &
-Iiduka 2023, digest sec. 4.2-4.3).
+Iiduka 2023 [NI23] and its code [NI23-code]).
 
 With ``g_n`` the gradient at ``theta_n`` (of the loss the optimizer *minimizes*):
 
@@ -8,7 +8,7 @@ With ``g_n`` the gradient at ``theta_n`` (of the loss the optimizer *minimizes*)
     d_{n+1} = -g_{n+1} + beta_{n+1} d_n
 
 where ``a_n`` is the learning rate (``lr``, possibly scheduled) and ``beta_{n+1}`` one of
-the classical rules below, capped and scaled as in the paper's code (digest sec. 4.3):
+the classical rules below, capped and scaled as in the paper's code ([NI23-code]):
 ``beta = beta_coeff * min(rule, beta_cap)``, and ``0`` when the rule's denominator is 0.
 With ``y = g_{n+1} - g_n``, ``g = g_{n+1}``, ``d = d_n``:
 
@@ -25,10 +25,10 @@ HZ       ``HS - mu ||y||^2 g^T d / (d^T y)^2``    (Hager-Zhang, ``mu = 2``)
 A number instead of a rule name is a constant ``beta``: the heavy-ball method, and plain
 SGD for ``beta = 0``.
 
-The public toy code of the paper has three bugs this implementation avoids (digest
-sec. 4.4): its first step is an ascent step (``d = +g``), it stores ``beta d_n - g_n``
-instead of ``d_n`` (counting the gradient twice), and it keeps a *reference* to the
-previous gradient, which ``zero_grad`` then overwrites. Here the first step is ``-g_0``,
+The public toy code of the paper [NI23-code] has three bugs this implementation avoids:
+its first step is an ascent step (``d = +g``), it stores ``beta d_n - g_n`` instead of
+``d_n`` (counting the gradient twice), and it keeps a *reference* to the previous
+gradient, which ``zero_grad`` then overwrites. Here the first step is ``-g_0``,
 the state holds exactly ``d_n``, and the previous gradient is a copy.
 """
 
@@ -108,7 +108,7 @@ def _flat(tensors: Sequence[Tensor]) -> Tensor:
 def conjugate_beta(rule: str, g: Tensor | Sequence[Tensor], g_prev: Tensor | Sequence[Tensor],
                    d_prev: Tensor | Sequence[Tensor], mu: float = 2.0) -> Tensor:
     """The raw conjugate-gradient coefficient ``beta_{n+1}`` of ``rule``, before the cap
-    and the coefficient (digest sec. 4.3).
+    and the coefficient ([NI23-code]).
 
     Parameters
     ----------
@@ -143,12 +143,12 @@ def _check_number(value: object, name: str, *, positive: bool = False) -> float:
 
 
 class ConjugateGradient(torch.optim.Optimizer):
-    """Conjugate gradient method for one player (Naganuma & Iiduka 2023; digest sec. 4.2).
+    """Conjugate gradient method for one player (Naganuma & Iiduka 2023 [NI23]).
 
     ``d_0 = -g_0``, ``theta_{n+1} = theta_n + a_n d_n``, ``d_{n+1} = -g_{n+1} +
     beta_{n+1} d_n`` with ``beta_{n+1} = beta_coeff * min(rule, beta_cap)`` (module
     docstring for the rules). The paper's analysis needs ``beta_n`` bounded above
-    (Assumption 3.1 (C2), digest sec. 4.1); its code caps at 1/2 (digest sec. 4.3).
+    (Assumption 3.1 (C2), [NI23]); its code caps at 1/2 ([NI23-code]).
 
     Parameters
     ----------
@@ -233,7 +233,7 @@ class ConjugateGradient(torch.optim.Optimizer):
             else:  # d_0 = -g_0: the first step is a plain descent step
                 state["d"] = -g
                 # A copy: zero_grad(set_to_none=False) and backward() overwrite p.grad in
-                # place, which would silently turn g_n into g_{n+1} (bug 3, digest 4.4).
+                # place, which would silently turn g_n into g_{n+1} (bug 3, [NI23-code]).
                 state["prev_grad"] = g.clone()
                 state["beta"] = g.new_zeros(())
         if not old:

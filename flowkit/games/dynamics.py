@@ -2,7 +2,7 @@
 
 Every rule is written with the game vector field ``F(z) = (grad_x U, -grad_y U)`` of
 :mod:`flowkit.games.game` and a step size ``eta > 0``; the formulas are those of the
-digest, sec. 3.2 (Liang & Stokes 2019, and the papers that introduced each method).
+[LS19] (Liang & Stokes 2019, and the papers that introduced each method).
 
 A dynamics is a map on a *stacked state* ``(z, memory)``: :meth:`Dynamics.transition` is
 that map, pure and differentiable, so that :func:`flowkit.games.predicted_rate` can
@@ -60,8 +60,8 @@ class Dynamics(abc.ABC):
     Notes
     -----
     Subclasses implement :meth:`transition` (the update), :meth:`bilinear_factor` (its
-    exact per-singular-value rate on ``U = x^T C y``, digest sec. 3.3) and, when they carry
-    memory, :meth:`initial_memory`.
+    exact per-singular-value rate on ``U = x^T C y``, closed forms in docs/games.md) and,
+    when they carry memory, :meth:`initial_memory`.
     """
 
     name: ClassVar[str] = "dynamics"
@@ -109,7 +109,7 @@ class Dynamics(abc.ABC):
     @abc.abstractmethod
     def bilinear_factor(self, sigma: float) -> float:
         """Exact spectral radius of the update on the 2-D block of ``U = x^T C y`` that
-        belongs to one singular value ``sigma`` of ``C`` (digest sec. 3.3)."""
+        belongs to one singular value ``sigma`` of ``C`` (closed form, docs/games.md)."""
 
     def linearization(self, game: Game, z_star: Tensor) -> Tensor:
         """Jacobian of the stacked update at the equilibrium state ``(z*, memory(z*))``.
@@ -138,9 +138,9 @@ class Dynamics(abc.ABC):
 class SGA(Dynamics):
     """Simultaneous gradient ascent (descent for ``x``, ascent for ``y``), a.k.a. GDA.
 
-    ``z_{t+1} = z_t - eta F(z_t)`` (digest sec. 3.2). On a bilinear game
+    ``z_{t+1} = z_t - eta F(z_t)`` ([LS19]). On a bilinear game
     ``||z_{t+1}||^2 = ||z_t||^2 + eta^2 (||C y_t||^2 + ||C^T x_t||^2)``, so it diverges for
-    every ``eta > 0`` at the rate ``sqrt(1 + eta^2 sigma_max^2)`` (digest sec. 3.3).
+    every ``eta > 0`` at the rate ``sqrt(1 + eta^2 sigma_max^2)`` (closed form, docs/games.md).
     """
 
     name = "SGA"
@@ -198,13 +198,13 @@ class AltGDA(Dynamics):
 class OMD(Dynamics):
     """Optimistic mirror descent (optimistic GDA) of Daskalakis et al. (2018).
 
-    ``z_{t+1} = z_t - 2 eta F(z_t) + eta F(z_{t-1})`` (digest sec. 3.2), with
+    ``z_{t+1} = z_t - 2 eta F(z_t) + eta F(z_{t-1})`` ([LS19]), with
     ``F(z_{-1}) := F(z_0)`` so that the first step is a plain gradient step. The memory is
     the previous field value, so the stacked state is ``(z_t, F(z_{t-1}))``.
 
     On a bilinear game each singular value ``s`` contributes the roots of
     ``r^2 - (1 - 2 i eta s) r - i eta s = 0``; the spectral radius is below 1 iff
-    ``eta s < 1/sqrt(3)`` (digest sec. 3.3), and for small ``eta`` it is about
+    ``eta s < 1/sqrt(3)`` (closed form, docs/games.md), and for small ``eta`` it is about
     ``1 - eta^2 s^2 / 2``.
     """
 
@@ -227,8 +227,8 @@ class CO(Dynamics):
     """Consensus optimization of Mescheder et al. (2017).
 
     ``z_{t+1} = z_t - eta F(z_t) - gamma grad H(z_t)`` with ``H = 1/2 ||F||^2`` and
-    ``grad H = J^T F`` (digest sec. 3.2). On a bilinear game the factor per singular value
-    is ``sqrt((1 - gamma s^2)^2 + eta^2 s^2)`` (digest sec. 3.3).
+    ``grad H = J^T F`` ([LS19]). On a bilinear game the factor per singular value
+    is ``sqrt((1 - gamma s^2)^2 + eta^2 s^2)`` (closed form, docs/games.md).
 
     Parameters
     ----------
@@ -258,10 +258,10 @@ class PM(Dynamics):
     """Predictive method: predict with a gradient step of size ``gamma``, then update from
     the prediction with step ``eta``.
 
-    ``z_{t+1/2} = z_t - gamma F(z_t)``, ``z_{t+1} = z_t - eta F(z_{t+1/2})`` (digest
-    sec. 3.2; the simultaneous form). ``gamma = eta`` is the extragradient method
-    (:class:`EG`). To first order ``PM = SGA + eta gamma J F``; on a bilinear game
-    ``J^2 = -J^T J`` makes this exact: PM is CO with consensus weight ``eta gamma``, factor
+    ``z_{t+1/2} = z_t - gamma F(z_t)``, ``z_{t+1} = z_t - eta F(z_{t+1/2})`` ([LS19]; the
+    simultaneous form). ``gamma = eta`` is the extragradient method (:class:`EG`). To first
+    order ``PM = SGA + eta gamma J F``; on a bilinear game ``J^2 = -J^T J`` makes this exact:
+    PM is CO with consensus weight ``eta gamma``, factor
     ``sqrt((1 - eta gamma s^2)^2 + eta^2 s^2)`` per singular value.
 
     Parameters
@@ -298,7 +298,7 @@ class EG(PM):
 
     ``z_{t+1/2} = z_t - eta F(z_t)``, ``z_{t+1} = z_t - eta F(z_{t+1/2})``. On a bilinear
     game the squared factor per singular value is ``|1 - eta^2 s^2 + i eta s|^2 =
-    1 - eta^2 s^2 + eta^4 s^4`` (digest sec. 3.3): convergent iff ``eta s_max < 1``.
+    1 - eta^2 s^2 + eta^4 s^4`` (closed form, docs/games.md): convergent iff ``eta s_max < 1``.
     """
 
     name = "EG"
@@ -316,7 +316,7 @@ class EG(PM):
 
 class IU(Dynamics):
     """Implicit updates (the proximal point method): ``z_{t+1} = z_t - eta F(z_{t+1})``
-    (digest sec. 3.2).
+    ([LS19]).
 
     The implicit equation ``G(w) = w - z_t + eta F(w) = 0`` is solved by Newton's method
     (``w <- w - (I + eta J(w))^{-1} G(w)``, exact in one iteration when ``F`` is linear) or

@@ -2,7 +2,7 @@
 
 A game is given by two losses: player ``x`` minimizes ``loss_x(x, y)`` and player ``y``
 minimizes ``loss_y(x, y)``; a zero-sum game has ``loss_x = U`` and ``loss_y = -U``. Its
-*vector field* (Liang & Stokes 2019, sec. 2; digest sec. 3.2) is
+*vector field* (Liang & Stokes 2019 [LS19]) is
 
     F(z) = (grad_x loss_x(x, y), grad_y loss_y(x, y)),   z = (x, y),
 
@@ -51,7 +51,7 @@ class Game(abc.ABC):
 
     Notes
     -----
-    The vector field is ``F(z) = (grad_x loss_x, grad_y loss_y)`` (digest sec. 3.2). A point
+    The vector field is ``F(z) = (grad_x loss_x, grad_y loss_y)`` ([LS19]). A point
     ``z*`` with ``F(z*) = 0`` is a stationary point; near it ``F(z) ~ J (z - z*)`` with
     ``J = jacobian(z*)``, which is what :func:`flowkit.games.predicted_rate` linearizes.
     """
@@ -102,7 +102,7 @@ class Game(abc.ABC):
 
     def hamiltonian_grad(self, z: Tensor) -> Tensor:
         """``grad H(z) = J(z)^T F(z)`` for ``H = 1/2 ||F||^2``, the consensus term of
-        Mescheder et al. (2017) (digest sec. 3.2); one vector-Jacobian product, no full
+        Mescheder et al. (2017) ([LS19]); one vector-Jacobian product, no full
         Jacobian."""
         f, vjp = torch.func.vjp(self.field, z)
         return vjp(f)[0]
@@ -153,7 +153,7 @@ class ZeroSumGame(Game):
 class Quadratic(ZeroSumGame):
     """``U(x, y) = 1/2 x^T A x + x^T C y - 1/2 y^T B y``.
 
-    The local model of any smooth game at a stationary point (digest sec. 3.2): its
+    The local model of any smooth game at a stationary point ([LS19]): its
     Jacobian is ``H = [[A, C], [-C^T, B]]``. The equilibrium ``z* = 0`` is *stable* when
     ``A`` and ``B`` are positive definite; the off-diagonal block ``C`` is the interaction
     term whose size Liang & Stokes show slows simultaneous gradient ascent down.
@@ -222,7 +222,7 @@ class Bilinear(Quadratic):
 
     The "unstable" case of Liang & Stokes (2019): simultaneous gradient ascent diverges for
     every step size, while OMD, CO, PM, IU and extragradient converge at rates set by the
-    singular values of ``C`` (digest sec. 3.3).
+    singular values of ``C`` (closed form, docs/games.md).
 
     Parameters
     ----------
@@ -256,7 +256,7 @@ class Bilinear(Quadratic):
 
 class ProductSaddle(ZeroSumGame):
     """``U(x, y) = (a + x^2)(b - y^2)`` for scalars ``x, y``; with ``a = 1, b = 100`` it is
-    the toy game of Naganuma & Iiduka's code (digest sec. 4.4).
+    the toy game of Naganuma & Iiduka's code ([NI23-code]).
 
     ``F = (2x (b - y^2), 2y (a + x^2))`` vanishes at ``(0, 0)``, where the Jacobian is
     ``diag(2b, 2a)``: a stable equilibrium with no interaction and very different

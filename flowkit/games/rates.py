@@ -4,7 +4,7 @@ from the distances.
 Near an equilibrium ``z*`` each dynamics of :mod:`flowkit.games.dynamics` is, to first
 order, a linear map ``M`` on its stacked state; the distance to ``z*`` then behaves like
 ``rho(M)^t`` with ``rho`` the spectral radius (Gelfand's formula). Liang & Stokes (2019)
-read their local rates off exactly this linearization (digest sec. 3.3).
+read their local rates off exactly this linearization (closed form, docs/games.md).
 :func:`predicted_rate` computes ``rho(M)`` by differentiating the dynamics' own update;
 :func:`measured_rate` fits ``d_t ~ c rho^t`` to a run; :func:`bilinear_rate` is the
 closed form on ``U = x^T C y``.
@@ -221,15 +221,15 @@ def spectral_radius(matrix: Tensor) -> float:
 
 def predicted_rate(game: Game, dyn: Dynamics, z_star: Tensor | None = None) -> float:
     """Predicted local linear rate: the spectral radius of the linearized update of
-    ``dyn`` at ``z_star`` (digest sec. 3.3). Below 1 the equilibrium is locally attracting
-    with ``||z_t - z*|| = O((rho + eps)^t)``; above 1 the dynamics leaves it."""
+    ``dyn`` at ``z_star`` (closed forms in docs/games.md). Below 1 the equilibrium is
+    locally attracting with ``||z_t - z*|| = O((rho + eps)^t)``; above 1 the dynamics leaves it."""
     return spectral_radius(linearization(game, dyn, z_star))
 
 
 def bilinear_rate(dyn: Dynamics, sigmas: Iterable[float] | Tensor) -> float:
     """Closed-form rate of ``dyn`` on ``U = x^T C y`` from the singular values ``sigmas``
     of ``C`` (zeros included for a non-square ``C``): the worst per-singular-value factor
-    of digest sec. 3.3, e.g. ``sqrt(1 + eta^2 s^2)`` for SGA."""
+    of docs/games.md, e.g. ``sqrt(1 + eta^2 s^2)`` for SGA."""
     values = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, Tensor) else sigmas)]
     if not values:
         raise ValueError("sigmas must hold at least one singular value")

@@ -1,9 +1,9 @@
 """Learning-rate rules of Naganuma & Iiduka (2023, Table 1) as torch schedulers.
 
 The paper's convergence results cover a constant rate ``a_n = a``, the diminishing rate
-``a_n = a / sqrt(n)`` and ``a_n = a n^{-p}`` (digest sec. 4.1). All three are
+``a_n = a / sqrt(n)`` and ``a_n = a n^{-p}`` ([NI23]). All three are
 ``a_n = a (n + 1)^{-p}`` with ``n`` counting scheduler steps from 0 (the first step uses
-``a``, as in the paper's ``SqrtLR``, digest sec. 4.4), for ``p = 0``, ``1/2`` and ``p``.
+``a``, as in the paper's ``SqrtLR``, [NI23-code]), for ``p = 0``, ``1/2`` and ``p``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Naganuma & Iiduka (2023) run the conjugate gradient method for the generator (step
 ``a_n``, coefficient ``gamma_n``) and for the discriminator (``b_n``, ``delta_n``) at the
-same time (digest sec. 4.2); their GAN code instead steps the discriminator and then the
+same time ([NI23]); their GAN code instead steps the discriminator and then the
 generator on a fresh evaluation. :class:`TwoPlayerOptimizer` does either, with any pair of
 ``torch.optim`` optimizers, so that CG, SGD, momentum and Adam are compared on equal terms.
 """
@@ -110,7 +110,7 @@ class TwoPlayerOptimizer:
 def two_player_cg(min_params: Sequence[Tensor], max_params: Sequence[Tensor], *,
                   lr_min: float, lr_max: float, mode: str = "simultaneous",
                   first: str = "max", **cg_options: object) -> TwoPlayerOptimizer:
-    """CG for both players (Naganuma & Iiduka 2023, digest sec. 4.2): the generator with
+    """CG for both players (Naganuma & Iiduka 2023 [NI23]): the generator with
     step ``a_n = lr_min``, the discriminator with ``b_n = lr_max``; ``cg_options`` (beta,
     beta_coeff, beta_cap, per_tensor, mu) go to both :class:`ConjugateGradient`s."""
     return TwoPlayerOptimizer(

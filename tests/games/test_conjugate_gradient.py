@@ -1,6 +1,6 @@
 """The conjugate gradient optimizer (flowkit/games/conjugate_gradient.py): hand-computed
 betas, reduction to SGD and heavy ball, finite termination on quadratics, and the three
-bugs of the public code (digest sec. 4.4) that must not come back."""
+bugs of the public code ([NI23-code]) that must not come back."""
 
 import math
 

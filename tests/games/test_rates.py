@@ -1,4 +1,4 @@
-"""Predicted (spectral) rates against the digest's closed forms, measured rates against
+"""Predicted (spectral) rates against the closed forms of docs/games.md, measured rates against
 predictions, and the run record (flowkit/games/rates.py)."""
 
 import cmath
@@ -25,7 +25,7 @@ def _bilinear(sigmas, theta=0.4, phi=1.1):
                           @ _rotation(phi).T)
 
 
-# The digest's sec. 3.3 formulas, written out here independently of the library.
+# The closed forms of docs/games.md, written out here independently of the library.
 def _omd_root(eta, s):
     a = 1j * eta * s
     disc = cmath.sqrt((1 - 2 * a) ** 2 + 4 * a)
@@ -78,7 +78,7 @@ def test_omd_is_stable_iff_eta_sigma_max_below_one_over_sqrt3(eta, smax):
 
 @pytest.mark.parametrize("eta,rho", [(0.1, 0.99494), (0.3, 0.94868), (0.5, 0.70711),
                                      (0.6, 1.0574)])
-def test_omd_rates_for_identity_match_the_digest(eta, rho):
+def test_omd_rates_for_identity_match_the_characteristic_roots(eta, rho):
     game = games.Bilinear(torch.eye(2, dtype=f64))
     assert games.predicted_rate(game, games.OMD(eta)) == pytest.approx(rho, abs=1e-4)
 
