@@ -1,0 +1,768 @@
+r"""Flows across processes: sharded particles and ring reductions on ``torch.distributed``.
+
+Each rank of a process group holds a *shard* of the particles (and of the target sample).
+A kernel reduction over all points, :math:`s_i = \sum_j w_j k(x_i, y_j)` for the local
+rows :math:`x_i`, is split by the owner of :math:`y_j`: the ranks pass their blocks round a
+ring (rank ``r`` sends to ``r + 1`` and receives from ``r - 1``), and at each of the ``P``
+stages a rank adds the contribution of the block it holds to its local rows while the next
+block is already in flight (``isend``/``irecv`` posted before the computation). No rank
+ever holds more than its own shard plus one block in flight, and the only numbers that
+travel are the blocks themselves: ``(P - 1)`` messages of one block each per reduction.
+
+The local pieces are the public single-process reductions of :mod:`flowkit.kernels`
+(``kernel_sum``, ``kernel_grad_sum``), so every backend (torch, native, KeOps, and the
+fused Triton path of :mod:`flowkit.triton_kernels` once routed) works unchanged under the
+ring; the only difference from one process is the order of the floating-point sums.
+
+On top of the ring: :class:`ShardedMMD` and :class:`ShardedEnergyDistance`, objectives
+whose first variation's gradient at the local shard equals the rows of the single-process
+:class:`flowkit.objectives.MMD` gradient for that shard, so today's
+:class:`flowkit.FunctionalGradientDescent` runs unchanged on every rank; helpers to gather
+particles and monitor on rank 0 (:func:`gather_particles`, :class:`ShardedWasserstein`),
+to show one progress bar (:func:`show_progress`), to name per-rank checkpoints and write
+their manifest (:func:`sharded_checkpoint_path`, :func:`write_manifest`,
+:func:`read_manifest`), and :func:`launch` to run a function on ``nprocs`` local processes
+(tests, notebooks). Scripts launched by ``torchrun`` call :func:`init_from_env` instead.
+
+Every collective here must be called by all ranks of the group in the same order (a
+potential's ``grad`` and ``forward``, an objective's ``value`` and ``validate``, the
+gather helpers); calling one on a single rank waits for the others until the process
+group's timeout and then raises :class:`DistributedFlowError`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from flowkit.kernels import (
+    DEFAULT_MEMORY_BUDGET,
+    EnergyKernel,
+    Gaussian,
+    Kernel,
+    kernel_grad_sum,
+    kernel_sum,
+)
+from flowkit.objective import FunctionalObjective
+from flowkit.potential import Potential
+from flowkit.validation import check_compatible, check_finite, check_int, check_particles
+
+__all__ = [
+    "DistributedFlowError",
+    "DistributedRunError",
+    "CommStats",
+    "comm_stats",
+    "launch",
+    "init_from_env",
+    "world",
+    "shard_bounds",
+    "shard",
+    "ring_kernel_sum",
+    "ring_kernel_grad_sum",
+    "ShardedWitness",
+    "ShardedMMD",
+    "ShardedEnergyDistance",
+    "gather_particles",
+    "ShardedWasserstein",
+    "show_progress",
+    "sharded_checkpoint_path",
+    "write_manifest",
+    "read_manifest",
+    "check_consistent",
+    "DEFAULT_TIMEOUT",
+]
+
+#: Seconds a collective may wait for a peer before the job fails (not hangs).
+DEFAULT_TIMEOUT = 120.0
+
+
+class DistributedFlowError(RuntimeError):
+    """A collective failed on this rank: a peer died, timed out or disagreed on inputs."""
+
+
+class DistributedRunError(RuntimeError):
+    """Raised by :func:`launch` when a rank failed; ``errors`` maps rank -> its message."""
+
+    def __init__(self, errors: dict[int, str]):
+        self.errors = dict(errors)
+        lines = [f"{len(errors)} rank(s) of the job failed:"]
+        lines += [f"--- rank {r}:\n{msg.rstrip()}" for r, msg in sorted(errors.items())]
+        super().__init__("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- the group
+
+
+def world(group: Any = None) -> tuple[int, int]:
+    """``(rank, world_size)`` in ``group``; ``(0, 1)`` when no process group is initialized.
+
+    So code written for the sharded objectives runs unchanged on one process.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _comm_device(group: Any, like: Tensor) -> torch.device:
+    """Where small metadata tensors live: NCCL moves CUDA tensors only, gloo CPU ones."""
+    return like.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+
+
+def _check_backend_device(backend: str, device: torch.device, name: str) -> None:
+    """The point-to-point transport must carry tensors of ``device``: name the fix if not."""
+    if backend == "gloo" and device.type != "cpu":
+        raise ValueError(
+            f"{name} is on {device} but the process group uses the gloo backend, whose "
+            "point-to-point sends carry CPU tensors only: initialize the group with "
+            "backend='nccl' (torchrun + dist.init_process_group('nccl')) for CUDA tensors, "
+            f"or move {name} to the CPU"
+        )
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(
+            f"{name} is on {device} but the process group uses the nccl backend, which "
+            "carries CUDA tensors only: initialize the group with backend='gloo' for CPU "
+            f"tensors, or move {name} to this rank's GPU"
+        )
+
+
+def _global(group: Any, group_rank: int) -> int:
+    return group_rank if group is None else dist.get_global_rank(group, group_rank)
+
+
+def _wrap(err: BaseException, what: str, rank: int) -> DistributedFlowError:
+    return DistributedFlowError(
+        f"rank {rank}: {what} failed ({type(err).__name__}: {str(err).strip()[:400]}). "
+        "A peer rank most likely raised, died or is not calling the same collective; "
+        "its own error says why. Every rank must call the sharded objective's methods "
+        "together."
+    )
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of rank ``rank`` when ``n`` rows are split over the ranks.
+
+    The first ``n % world_size`` ranks get one row more (``torch.tensor_split``'s rule), so
+    shards differ by at most one row and ``n`` need not be divisible by ``world_size``.
+    """
+    n = check_int(n, "n", minimum=0)
+    world_size = check_int(world_size, "world_size")
+    rank = check_int(rank, "rank", minimum=0, maximum=world_size - 1)
+    q, r = divmod(n, world_size)
+    start = rank * q + min(rank, r)
+    return start, start + q + (1 if rank < r else 0)
+
+
+def shard(x: Tensor, group: Any = None) -> Tensor:
+    """This rank's rows of ``x`` (a view): :func:`shard_bounds` in the current group."""
+    rank, size = world(group)
+    a, b = shard_bounds(x.shape[0], size, rank)
+    return x[a:b]
+
+
+@dataclass
+class CommStats:
+    """Bytes and messages this process sent through the ring since the last reset."""
+
+    bytes_sent: int = 0
+    messages: int = 0
+
+    def reset(self) -> None:
+        self.bytes_sent = 0
+        self.messages = 0
+
+
+_STATS = CommStats()
+
+
+def comm_stats() -> CommStats:
+    """The process-wide :class:`CommStats` counter (reset it before measuring)."""
+    return _STATS
+
+
+def _all_gather_ints(values: Sequence[int], group: Any, like: Tensor) -> list[list[int]]:
+    """Every rank's list of ints (same length on all ranks)."""
+    device = _comm_device(group, like)
+    mine = torch.tensor(list(values), dtype=torch.int64, device=device)
+    _, size = world(group)
+    out = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(out, mine, group=group)
+    return [t.tolist() for t in out]
+
+
+def _all_reduce_sum(t: Tensor, group: Any, what: str) -> Tensor:
+    """A sum over the ranks of a small tensor, returned on ``t``'s device."""
+    device = _comm_device(group, t)
+    buf = t.detach().to(device).clone()
+    try:
+        dist.all_reduce(buf, group=group)
+    except RuntimeError as err:
+        raise _wrap(err, what, world(group)[0]) from err
+    return buf.to(t.device)
+
+
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def check_consistent(x: Tensor, name: str = "x", group: Any = None) -> list[int]:
+    """Check that every rank's ``x`` has one event shape, dtype and device type.
+
+    A collective. Returns every rank's number of rows. Raises ``ValueError`` on *every*
+    rank (naming ``name`` and the ranks that disagree) rather than letting a ring pass
+    fail later with a shape error on some ranks and a hang on others.
+    """
+    rank, size = world(group)
+    if size == 1:
+        return [x.shape[0]]
+    _check_backend_device(dist.get_backend(group), x.device, name)
+    event = list(x.shape[1:])
+    code = _DTYPES.index(x.dtype) if x.dtype in _DTYPES else -1
+    # a fixed-length record: rows, dtype, device kind, event rank, numel and 4 dims
+    rec = [x.shape[0], code, int(x.device.type == "cuda"), len(event), math.prod(event)]
+    rec += (event + [0] * 4)[:4]
+    try:
+        recs = _all_gather_ints(rec, group, x)
+    except RuntimeError as err:
+        raise _wrap(err, f"checking {name} across ranks", rank) from err
+
+    def describe(r: list[int]) -> str:
+        dt = _DTYPES[r[1]] if r[1] >= 0 else "non-float"
+        return (f"event shape {tuple(r[5:5 + min(r[3], 4)])}{'...' if r[3] > 4 else ''}, "
+                f"dtype {dt}, {'cuda' if r[2] else 'cpu'}")
+
+    ref = recs[0][1:]
+    bad = [r for r, rr in enumerate(recs) if rr[1:] != ref]
+    if bad:
+        raise ValueError(
+            f"{name} differs across ranks: rank 0 has {describe(recs[0])} but rank "
+            f"{bad[0]} has {describe(recs[bad[0]])}; every rank must hold a shard of the "
+            "same event shape and dtype, on the same kind of device (use shard(x) on one "
+            "tensor, or .to(dtype) before running)"
+        )
+    return [r[0] for r in recs]
+
+
+# --------------------------------------------------------------------------- the ring
+
+
+def _ring(local: Tensor, sizes: Sequence[int], group: Any,
+          fn: Callable[[Tensor], Tensor], what: str) -> Tensor:
+    r"""``sum over ranks q of fn(block_q)``, the blocks travelling round the ring.
+
+    ``local`` is this rank's block (rows of points, any trailing shape); ``sizes[q]`` the
+    row count of rank ``q``'s block. Stage ``s`` computes on the block of rank
+    ``r - s`` while the block of rank ``r - s - 1`` is received from ``r - 1`` and the
+    current one is forwarded to ``r + 1``: the communication runs under the computation.
+    """
+    rank, size = world(group)
+    if size == 1:
+        return fn(local)
+    nxt, prv = _global(group, (rank + 1) % size), _global(group, (rank - 1) % size)
+    current = local.contiguous()
+    acc: Tensor | None = None
+    for s in range(size - 1):
+        where = f"{what}: ring stage {s + 1}/{size - 1}"
+        incoming = current.new_empty((sizes[(rank - s - 1) % size], *current.shape[1:]))
+        try:
+            reqs = [dist.isend(current, nxt, group=group), dist.irecv(incoming, prv, group=group)]
+        except RuntimeError as err:
+            raise _wrap(err, where, rank) from err
+        _STATS.bytes_sent += current.numel() * current.element_size()
+        _STATS.messages += 1
+        part = fn(current)  # ``current`` is only read while it is being sent
+        acc = part if acc is None else acc + part
+        try:
+            for req in reqs:
+                req.wait()
+        except RuntimeError as err:
+            raise _wrap(err, where, rank) from err
+        current = incoming
+    return acc + fn(current)
+
+
+def _pack(points: Tensor, weights: Tensor) -> Tensor:
+    """Points and weights travel as one message ``[points | weights]`` of shape (n, d+1)."""
+    return torch.cat([points.flatten(1), weights[:, None].to(points.dtype)], 1)
+
+
+def _ring_reduce(z: Tensor, points: Tensor, weights: Tensor, kernel: Kernel, grad: bool,
+                 group: Any, sizes: Sequence[int] | None, kw: dict[str, Any]) -> Tensor:
+    if sizes is None:
+        sizes = _all_gather_rows(points, group)
+    local = _pack(points, weights)
+    reduce = kernel_grad_sum if grad else kernel_sum
+    event = points.shape[1:]
+
+    def fn(block: Tensor) -> Tensor:
+        return reduce(z, block[:, :-1].reshape(-1, *event), kernel, block[:, -1], **kw)
+
+    return _ring(local, sizes, group, fn, "kernel_grad_sum" if grad else "kernel_sum")
+
+
+def _all_gather_rows(points: Tensor, group: Any) -> list[int]:
+    if world(group)[1] == 1:
+        return [points.shape[0]]
+    try:
+        return [r[0] for r in _all_gather_ints([points.shape[0]], group, points)]
+    except RuntimeError as err:
+        raise _wrap(err, "exchanging shard sizes", world(group)[0]) from err
+
+
+def ring_kernel_sum(z: Tensor, points: Tensor, kernel: Kernel, weights: Tensor, *,
+                    group: Any = None, block_size: int | None = None,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                    backend: str = "auto") -> Tensor:
+    r"""``s_i = sum over all ranks' points y_j of w_j k(z_i, y_j)`` for this rank's ``z``.
+
+    A collective: every rank passes its own ``z`` (any number of rows) and its shard of
+    ``points`` with their ``weights`` (not normalized: pass ``1/M_total`` for a mean).
+    Block arguments as in :func:`flowkit.kernels.kernel_sum`, applied to each block.
+    """
+    return _ring_reduce(z, points, weights, kernel, False, group, None,
+                        {"block_size": block_size, "memory_budget": memory_budget,
+                         "backend": backend})
+
+
+def ring_kernel_grad_sum(z: Tensor, points: Tensor, kernel: Kernel, weights: Tensor, *,
+                         group: Any = None, block_size: int | None = None,
+                         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                         backend: str = "auto") -> Tensor:
+    r"""``g_i = sum over all ranks' points y_j of w_j grad_1 k(z_i, y_j)``; see
+    :func:`ring_kernel_sum`."""
+    return _ring_reduce(z, points, weights, kernel, True, group, None,
+                        {"block_size": block_size, "memory_budget": memory_budget,
+                         "backend": backend})
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+class ShardedWitness(Potential):
+    r"""The witness :math:`\frac{c_x}N\sum_j k(z, x_j) + \frac{c_y}M\sum_m k(z, y_m)`, sharded.
+
+    With ``cx = 2, cy = -2`` it is the MMD first variation. Holds only this rank's
+    particles and target shard; :meth:`forward` and :meth:`grad` are collectives over the
+    group (one ring pass of the stacked block ``[x; y]`` with weights ``cx/N``, ``cy/M``,
+    ``N`` and ``M`` the global counts).
+    """
+
+    def __init__(self, particles: Tensor, target: Tensor, kernel: Kernel, cx: float, cy: float,
+                 n_total: int, m_total: int, group: Any, kw: dict[str, Any]):
+        super().__init__()
+        x = particles.detach()
+        w = torch.cat([x.new_full((x.shape[0],), cx / n_total),
+                       target.new_full((target.shape[0],), cy / m_total)])
+        self.register_buffer("points", torch.cat([x, target]))
+        self.register_buffer("weights", w)
+        self.kernel = kernel
+        self.group = group
+        self._kw = kw
+        self._sizes: list[int] | None = None
+        self.lipschitz_grad = (abs(cx) + abs(cy)) * kernel.hessian_bound()
+
+    def _block_sizes(self) -> list[int]:
+        if self._sizes is None:
+            self._sizes = _all_gather_rows(self.points, self.group)
+        return self._sizes
+
+    def forward(self, z: Tensor) -> Tensor:
+        return _ring_reduce(z, self.points, self.weights, self.kernel, False, self.group,
+                            self._block_sizes(), self._kw)
+
+    def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        # torch ops throughout on the local rows: differentiable in z when z carries a graph
+        return _ring_reduce(z, self.points, self.weights, self.kernel, True, self.group,
+                            self._block_sizes(), self._kw)
+
+
+class ShardedMMD(FunctionalObjective):
+    r"""Squared MMD to a target sample, with particles and target sharded over the ranks.
+
+    The objective and its first variation are those of :class:`flowkit.objectives.MMD`
+    (Arbel et al. 2019 [AKSG19], sec. 2; the witness function) for the *union* of the
+    shards; each rank runs :class:`flowkit.FunctionalGradientDescent` on its own shard and
+    the reductions communicate.
+
+    Parameters
+    ----------
+    target : Tensor
+        This rank's shard of the target sample ``(M_r, *event)`` (see :func:`shard`).
+    kernel : Kernel, default ``Gaussian(1.0)``
+        Any radial kernel of :mod:`flowkit.kernels`.
+    group : ProcessGroup, optional
+        The group the particles are sharded over (default: the world).
+    block_size, memory_budget, backend
+        As in :class:`flowkit.objectives.MMD`, for each block of the ring.
+
+    Notes
+    -----
+    Every method is a collective. ``validate`` (called by the engine at the start of a run)
+    checks across ranks that particles and target agree in event shape, dtype and device
+    kind, and records the global counts ``N`` and ``M``.
+    """
+
+    minimum = 0.0
+
+    def __init__(self, target: Tensor, kernel: Kernel | None = None, *, group: Any = None,
+                 block_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 backend: str = "auto"):
+        from flowkit.kernels import _check_backend, _check_blocking  # one place for each rule
+
+        self.target = check_particles(target, "target")
+        self.kernel = Gaussian(1.0) if kernel is None else kernel
+        if not isinstance(self.kernel, Kernel):
+            raise TypeError(f"kernel must be a flowkit.kernels.Kernel, got {type(kernel).__name__}")
+        _check_blocking(block_size, memory_budget)
+        self._kw = {"block_size": block_size, "memory_budget": memory_budget,
+                    "backend": _check_backend(backend)}
+        self.group = group
+        self.smoothness = 6.0 * self.kernel.hessian_bound()
+        self._m_total: int | None = None
+        self._n_total: dict[int, int] = {}  # local rows -> global rows, once per shape
+        self._kyy: Tensor | None = None
+
+    def _totals(self, x: Tensor) -> tuple[int, int]:
+        if self._m_total is None:
+            self._m_total = sum(check_consistent(self.target, "target", self.group))
+        n = x.shape[0]
+        if n not in self._n_total:
+            self._n_total[n] = sum(_all_gather_rows(x, self.group))
+        return self._n_total[n], self._m_total
+
+    def validate(self, x: Tensor) -> None:
+        check_particles(x, "x", finite=False)
+        check_compatible(x, self.target, "x", "target")
+        check_finite(x, "x")
+        self._n_total[x.shape[0]] = sum(check_consistent(x, "x", self.group))
+        self._totals(x)
+
+    def first_variation(self, x: Tensor) -> ShardedWitness:
+        n, m = self._totals(x)
+        return ShardedWitness(x, self.target, self.kernel, 2.0, -2.0, n, m, self.group,
+                              self._kw)
+
+    def value(self, x: Tensor) -> Tensor:
+        r""":math:`\mathrm{MMD}^2` of the union of the shards, the same on every rank.
+
+        :math:`\frac1N\sum_i[\frac1N\sum_j k(x_i,x_j) - \frac2M\sum_m k(x_i,y_m)]` is one
+        ring pass (a witness with weights ``1/N`` and ``-2/M``) and a sum over the ranks.
+        """
+        n, m = self._totals(x)
+        witness = ShardedWitness(x, self.target, self.kernel, 1.0, -2.0, n, m, self.group,
+                                 self._kw)
+        local = witness(x).sum() / n
+        return _all_reduce_sum(local, self.group, "ShardedMMD.value") + self._target_term(m)
+
+    def _target_term(self, m: int) -> Tensor:
+        # mean k(y, y') is constant along the flow: one ring pass, once
+        if self._kyy is None:
+            w = self.target.new_full((self.target.shape[0],), 1.0 / m)
+            s = _ring_reduce(self.target, self.target, w, self.kernel, False, self.group,
+                             None, self._kw).sum()
+            self._kyy = _all_reduce_sum(s, self.group, "ShardedMMD.value") / m
+        return self._kyy
+
+
+class ShardedEnergyDistance(ShardedMMD):
+    r"""The energy distance (Székely & Rizzo 2013 [SR13]) as a sharded MMD with
+    :class:`flowkit.kernels.EnergyKernel`; see :class:`flowkit.objectives.EnergyDistance`.
+    """
+
+    def __init__(self, data: Tensor, *, group: Any = None, block_size: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str = "auto"):
+        super().__init__(data, EnergyKernel(), group=group, block_size=block_size,
+                         memory_budget=memory_budget, backend=backend)
+        self.smoothness = None  # the distance kernel's gradient jumps at 0
+
+
+# --------------------------------------------------------------------------- monitors
+
+
+def gather_particles(x: Tensor, dst: int = 0, group: Any = None) -> Tensor | None:
+    """All ranks' shards concatenated in rank order on rank ``dst``; ``None`` elsewhere.
+
+    A collective. Shards may differ in size (sizes are exchanged first and the shards
+    padded to the largest for the transport). On one process it returns ``x``. Meant for
+    monitors and final results: rank ``dst`` then holds every particle.
+    """
+    rank, size = world(group)
+    if size == 1:
+        return x
+    sizes = check_consistent(x, "x", group)
+    device = _comm_device(group, x)
+    biggest = max(sizes)
+    flat = x.detach().flatten(1).to(device)
+    padded = torch.cat([flat, flat.new_zeros(biggest - flat.shape[0], flat.shape[1])])
+    bufs = [torch.empty_like(padded) for _ in range(size)] if rank == dst else None
+    try:
+        dist.gather(padded, bufs, dst=_global(group, dst), group=group)
+    except RuntimeError as err:
+        raise _wrap(err, "gather_particles", rank) from err
+    if rank != dst:
+        return None
+    rows = [b[:n] for b, n in zip(bufs, sizes)]
+    return torch.cat(rows).view(sum(sizes), *x.shape[1:]).to(x.device)
+
+
+class ShardedWasserstein:
+    """W1/W2 monitor for a sharded run: gathered on rank 0, value returned on every rank.
+
+    The particles and the target shards are gathered to rank 0 (the target once), which
+    evaluates :class:`flowkit.monitors.W2` (or ``W1``): exact up to ``exact_max`` points,
+    the labelled sliced estimate above it. The result is broadcast, so every rank's
+    history holds the same numbers. A collective: pass it to the engine on every rank.
+    """
+
+    def __init__(self, target: Tensor, p: int = 2, *, group: Any = None, **kwargs: Any):
+        from flowkit import monitors
+
+        if p not in (1, 2):
+            raise ValueError(f"p must be 1 or 2, got {p}")
+        self.target = check_particles(target, "target")
+        self.group = group
+        self._make = (monitors.W2 if p == 2 else monitors.W1)
+        self._kwargs = kwargs
+        self._monitor: Any = None
+        self._gathered = False
+
+    def __call__(self, state: Any) -> dict[str, Any]:
+        x = state if isinstance(state, Tensor) else state.particles
+        rank, _ = world(self.group)
+        if not self._gathered:
+            full_target = gather_particles(self.target, 0, self.group)
+            if rank == 0:
+                self._monitor = self._make(full_target, **self._kwargs)
+            self._gathered = True
+        full = gather_particles(x, 0, self.group)
+        out = [self._monitor(full) if rank == 0 else None]
+        if world(self.group)[1] > 1:
+            dist.broadcast_object_list(out, src=_global(self.group, 0), group=self.group)
+        return out[0]
+
+
+def show_progress(progress: bool = True, group: Any = None) -> bool:
+    """Whether this rank should show a progress bar: ``progress`` on rank 0 only.
+
+    Pass ``progress=show_progress()`` to :class:`flowkit.FunctionalGradientDescent` so a
+    ``P``-rank job prints one bar, not ``P`` interleaved ones.
+    """
+    return bool(progress) and world(group)[0] == 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+_MANIFEST_FORMAT = "flowkit.sharded-checkpoint"
+
+
+def sharded_checkpoint_path(path: str | os.PathLike, rank: int | None = None,
+                            world_size: int | None = None) -> Path:
+    """This rank's checkpoint file of a sharded run saved under ``path``.
+
+    ``path/rank00001-of-00002.pt``: the world size is part of the name, so a resume with
+    another world size finds no file instead of the wrong one. ``rank`` and ``world_size``
+    default to the current group's.
+    """
+    r, p = world()
+    rank = r if rank is None else check_int(rank, "rank", minimum=0)
+    world_size = p if world_size is None else check_int(world_size, "world_size")
+    if rank >= world_size:
+        raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
+    return Path(path) / f"rank{rank:05d}-of-{world_size:05d}.pt"
+
+
+def write_manifest(path: str | os.PathLike, x: Tensor, *, step: int | None = None,
+                   group: Any = None, extra: dict[str, Any] | None = None) -> Path | None:
+    """Write ``path/manifest.json`` for a sharded checkpoint (a collective; rank 0 writes).
+
+    Records the world size, every rank's shard size and file, and the event shape and
+    dtype, so a loader can check that a resume uses the same layout. Returns the path on
+    rank 0, ``None`` elsewhere.
+    """
+    rank, size = world(group)
+    sizes = check_consistent(x, "x", group)
+    if rank != 0:
+        return None
+    Path(path).mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": _MANIFEST_FORMAT, "version": 1, "world_size": size, "step": step,
+        "shard_sizes": sizes, "n_total": sum(sizes), "event_shape": list(x.shape[1:]),
+        "dtype": str(x.dtype).replace("torch.", ""),
+        "files": [sharded_checkpoint_path(path, r, size).name for r in range(size)],
+        "extra": extra or {},
+    }
+    out = Path(path) / "manifest.json"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out)  # atomic, as the engine's own checkpoint files
+    return out
+
+
+def read_manifest(path: str | os.PathLike, world_size: int | None = None) -> dict[str, Any]:
+    """Read and check ``path/manifest.json``; ``ValueError`` if its world size differs.
+
+    ``world_size`` defaults to the current group's; every file listed must exist.
+    """
+    file = Path(path) / "manifest.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{file} does not exist: path is not a sharded checkpoint")
+    manifest = json.loads(file.read_text())
+    if manifest.get("format") != _MANIFEST_FORMAT:
+        raise ValueError(f"{file} is not a flowkit sharded-checkpoint manifest")
+    expected = world()[1] if world_size is None else world_size
+    if manifest["world_size"] != expected:
+        raise ValueError(
+            f"the checkpoint at {path} was written by {manifest['world_size']} ranks but "
+            f"world_size is {expected}: resume with --nproc-per-node "
+            f"{manifest['world_size']} (reshard by loading every file on one process)"
+        )
+    missing = [f for f in manifest["files"] if not (Path(path) / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"sharded checkpoint {path} lacks {missing}")
+    return manifest
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def init_from_env(backend: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+                  ) -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment; ``(rank, size)``.
+
+    Without ``torchrun`` (no ``RANK``/``WORLD_SIZE`` in the environment) nothing is
+    initialized and ``(0, 1)`` comes back, so one script runs on one process or on many.
+    ``backend`` defaults to ``"nccl"`` when CUDA is available, else ``"gloo"``; with NCCL
+    each process takes GPU ``LOCAL_RANK``. ``timeout`` (seconds) bounds every collective,
+    so a dead peer ends the job with an error instead of a hang.
+    """
+    if _initialized():
+        return world()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return world()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_worker(rank: int, nprocs: int, port: int, backend: str, timeout: float,
+                   threads: int, fn: Callable[..., Any], args: tuple, results: Any) -> None:
+    torch.set_num_threads(threads)
+    code = 0
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=nprocs,
+                                timeout=datetime.timedelta(seconds=timeout))
+        value = fn(*args)
+        buf = io.BytesIO()
+        torch.save(value, buf)  # bytes, not shared-memory tensors: safe after we exit
+        results.put((rank, True, buf.getvalue()))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, then exit
+        results.put((rank, False, f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}"))
+        code = 1
+    results.close()
+    results.join_thread()
+    if code:
+        # no destroy_process_group: it may wait on a peer's pending send; exiting closes
+        # the sockets, which is what tells the other ranks to stop
+        os._exit(code)
+    dist.destroy_process_group()
+
+
+def launch(fn: Callable[..., Any], nprocs: int, *args: Any, backend: str = "gloo",
+           timeout: float = DEFAULT_TIMEOUT, threads: int | None = None,
+           start_method: str = "spawn") -> list[Any]:
+    """Run ``fn(*args)`` on ``nprocs`` local processes joined in a process group.
+
+    For tests and notebooks (scripts use ``torchrun`` and :func:`init_from_env`). Each
+    process initializes ``torch.distributed`` (``backend``, default gloo, over a free local
+    port, ``timeout`` seconds per collective) and runs ``fn``; ``fn`` must be importable
+    (a module-level function) with the default ``"spawn"`` start method.
+
+    Returns the list of return values in rank order. If any rank fails, the others are
+    given a few seconds to report their own error (they see the dead peer as a failed
+    collective), the stragglers are terminated, and :class:`DistributedRunError` is raised
+    with every rank's message: the job ends, never hangs. ``threads`` is each process's
+    torch thread count (default: the CPU count split over the processes).
+    """
+    nprocs = check_int(nprocs, "nprocs")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    threads = threads or max(1, (os.cpu_count() or 1) // nprocs)
+    ctx = mp.get_context(start_method)
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_launch_worker, daemon=True,
+                         args=(r, nprocs, port, backend, timeout, threads, fn, args, results))
+             for r in range(nprocs)]
+    for p in procs:
+        p.start()
+    values: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    grace = min(10.0, timeout)
+    deadline = time.monotonic() + timeout + 60.0  # start-up plus one full collective timeout
+    first_error: float | None = None
+    try:
+        while len(values) + len(errors) < nprocs:
+            if first_error is not None:
+                deadline = min(deadline, first_error + grace)
+            if time.monotonic() > deadline:
+                break
+            try:
+                rank, ok, payload = results.get(timeout=0.2)
+            except queue_mod.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)
+                        and r not in errors and r not in values]
+                for r in dead:  # crashed without reporting (signal, os._exit in user code)
+                    errors[r] = f"process exited with code {procs[r].exitcode} without a report"
+                if dead and first_error is None:
+                    first_error = time.monotonic()
+                continue
+            if ok:
+                values[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+            else:
+                errors[rank] = payload
+                if first_error is None:
+                    first_error = time.monotonic()
+    finally:
+        for r, p in enumerate(procs):
+            p.join(timeout=1.0 if (errors or r in values) else 0.0)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5.0)
+                if r not in values and r not in errors:
+                    errors[r] = ("terminated by launch: no result within the time limit "
+                                 f"(timeout={timeout} s) or after another rank failed")
+    if errors:
+        raise DistributedRunError(errors)
+    return [values[r] for r in range(nprocs)]

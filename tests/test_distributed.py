@@ -1,0 +1,177 @@
+"""Sharded flows on torch.distributed: 2 gloo processes against one process.
+
+Every launch costs a few seconds of process start-up, so one launch runs all the sharded
+cases and returns their numbers; the tests below judge them against single-process runs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ot  # noqa: F401 - imported before forking, so the children inherit it (seconds)
+import pytest
+import torch
+import torch.distributed as dist
+
+import flowkit as fk
+from flowkit import distributed as fkd
+
+N, M, D, STEPS = 23, 17, 2, 5  # uneven: 12 + 11 particles, 9 + 8 target points
+# fork skips re-importing torch in each child (seconds on a loaded 2-core machine); one
+# torch thread per child keeps the children out of the parent's OpenMP pool
+FAST = {"start_method": "fork", "threads": 1}
+
+
+def _data(dtype):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(N, D, generator=g, dtype=torch.float64).to(dtype)
+    y = (torch.randn(M, D, generator=g, dtype=torch.float64) + 1.0).to(dtype)
+    return x0, y
+
+
+def _flow(objective, **kw):
+    return fk.FunctionalGradientDescent(objective, step_size=0.5, progress=False,
+                                        keep_layers=False, **kw)
+
+
+def _sharded_cases(tmp):
+    """Run on every rank; returns what the parent compares (gathered tensors on rank 0)."""
+    rank, size = fkd.world()
+    out = {}
+    for name, kernel, dtype in [("mmd64", fk.kernels.Gaussian(1.0), torch.float64),
+                                ("mmd32", fk.kernels.Gaussian(1.0), torch.float32),
+                                ("energy64", None, torch.float64),
+                                ("energy32", None, torch.float32)]:
+        x0, y = _data(dtype)
+        if kernel is None:
+            obj = fkd.ShardedEnergyDistance(fkd.shard(y))
+        else:
+            obj = fkd.ShardedMMD(fkd.shard(y), kernel)
+        w2 = fkd.ShardedWasserstein(fkd.shard(y))
+        res = _flow(obj, monitors=[w2], monitor_every=STEPS).run(fkd.shard(x0), STEPS)
+        out[name] = {"particles": fkd.gather_particles(res.particles),
+                     "value": obj.value(res.particles), "W2": res.history["W2"],
+                     "grad0": fkd.gather_particles(obj.functional_gradient(fkd.shard(x0)))}
+    # a group of one rank: each rank runs the whole problem alone
+    singles = [dist.new_group([r]) for r in range(size)]
+    x0, y = _data(torch.float64)
+    res = _flow(fkd.ShardedMMD(y, group=singles[rank])).run(x0, STEPS)
+    out["single_group"] = res.particles
+    # bad input: every rank must raise, naming the argument
+    errors = {}
+    for case in ("dim", "dtype"):
+        x0, y = _data(torch.float64)
+        if rank == 1:
+            x0, y = ((torch.randn(N, 3), torch.randn(M, 3)) if case == "dim"
+                     else (x0.float(), y.float()))
+        try:
+            _flow(fkd.ShardedMMD(fkd.shard(y))).run(fkd.shard(x0), 1)
+        except ValueError as err:
+            errors[case] = str(err)
+    out["errors"] = errors
+    # checkpoints: one file per rank + manifest; resume equals the uninterrupted run
+    x0, y = _data(torch.float64)
+    path = fkd.sharded_checkpoint_path(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = fkd.ShardedMMD(fkd.shard(y))
+    _flow(obj).run(fkd.shard(x0), 3, checkpoint=path, checkpoint_every=2)
+    fkd.write_manifest(tmp, fkd.shard(x0), step=3)
+    dist.barrier()
+    fkd.read_manifest(tmp)
+    resumed = _flow(obj).resume(path, 6).particles
+    straight = _flow(obj).run(fkd.shard(x0), 6).particles
+    out["resume_equal"] = torch.equal(resumed, straight)
+    out["progress"] = fkd.show_progress(True)
+    return out
+
+
+def _fail_mid_run():
+    """Rank 1 raises in a callback at step 2; rank 0 is then waiting in a ring pass."""
+    x0, y = _data(torch.float64)
+
+    def boom(state):
+        if fkd.world()[0] == 1 and state.step == 2:
+            raise RuntimeError("injected failure on rank 1")
+
+    _flow(fkd.ShardedMMD(fkd.shard(y)), callbacks=[boom]).run(fkd.shard(x0), STEPS)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    return fkd.launch(_sharded_cases, 2, tmp, timeout=60, **FAST)
+
+
+@pytest.mark.parametrize("name,tol", [("mmd64", 1e-10), ("mmd32", 1e-5), ("energy64", 1e-10),
+                                      ("energy32", 1e-5)])
+def test_sharded_flow_equals_the_single_process_flow(sharded, name, tol):
+    dtype = torch.float64 if name.endswith("64") else torch.float32
+    x0, y = _data(dtype)
+    obj = (fk.objectives.MMD(y, fk.kernels.Gaussian(1.0)) if name.startswith("mmd")
+           else fk.objectives.EnergyDistance(y))
+    ref = _flow(obj, monitors=[fk.monitors.W2(y)], monitor_every=STEPS).run(x0, STEPS)
+    got = sharded[0][name]
+    assert sharded[1][name]["particles"] is None  # gathered on rank 0 only
+    assert got["particles"].dtype == dtype
+    torch.testing.assert_close(got["grad0"], obj.functional_gradient(x0), rtol=0, atol=tol)
+    torch.testing.assert_close(got["particles"], ref.particles, rtol=0, atol=tol)
+    for r in (0, 1):  # the value and the monitor are the same numbers on every rank
+        torch.testing.assert_close(sharded[r][name]["value"], obj.value(ref.particles),
+                                   rtol=0, atol=tol)
+        assert sharded[r][name]["W2"] == pytest.approx(ref.history["W2"], abs=tol)
+
+
+def test_a_group_of_one_rank_runs_the_single_process_flow(sharded):
+    x0, y = _data(torch.float64)
+    ref = _flow(fk.objectives.MMD(y)).run(x0, STEPS).particles
+    for r in (0, 1):
+        torch.testing.assert_close(sharded[r]["single_group"], ref, rtol=0, atol=1e-12)
+
+
+def test_mismatched_ranks_raise_on_every_rank_naming_the_argument(sharded):
+    for r in (0, 1):
+        errs = sharded[r]["errors"]
+        assert "x differs across ranks" in errs["dim"] and "event shape (3,)" in errs["dim"]
+        assert "float32" in errs["dtype"] and "float64" in errs["dtype"]
+
+
+def test_per_rank_checkpoints_resume_bit_identically(sharded):
+    assert sharded[0]["resume_equal"] and sharded[1]["resume_equal"]
+    assert [sharded[r]["progress"] for r in (0, 1)] == [True, False]
+
+
+def test_a_rank_failing_mid_run_ends_the_job_with_errors_on_every_rank():
+    t0 = time.monotonic()
+    with pytest.raises(fkd.DistributedRunError) as info:
+        fkd.launch(_fail_mid_run, 2, timeout=30, **FAST)
+    assert time.monotonic() - t0 < 25  # the peer's death is seen, not waited out
+    errors = info.value.errors
+    assert "injected failure on rank 1" in errors[1]
+    assert "DistributedFlowError" in errors[0] and "rank 0" in errors[0]
+
+
+def test_gloo_with_cuda_tensors_names_the_fix():
+    with pytest.raises(ValueError, match="backend='nccl'.*or move x to the CPU"):
+        fkd._check_backend_device("gloo", torch.device("cuda", 0), "x")
+    with pytest.raises(ValueError, match="backend='gloo'"):
+        fkd._check_backend_device("nccl", torch.device("cpu"), "x")
+
+
+def test_without_a_process_group_everything_is_one_process():
+    x0, y = _data(torch.float64)
+    assert fkd.world() == (0, 1) and fkd.show_progress()
+    assert fkd.gather_particles(x0) is x0
+    a = _flow(fkd.ShardedMMD(y)).run(x0, 2).particles
+    b = _flow(fk.objectives.MMD(y)).run(x0, 2).particles
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_shard_bounds_cover_the_rows_once():
+    for n in (0, 1, 5, 23):
+        for p in (1, 2, 3, 7):
+            bounds = [fkd.shard_bounds(n, p, r) for r in range(p)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+    with pytest.raises(ValueError, match="rank"):
+        fkd.shard_bounds(5, 2, 2)
