@@ -214,6 +214,8 @@ def _all_gather_ints(values: Sequence[int], group: Any, like: Tensor) -> list[li
 
 def _all_reduce_sum(t: Tensor, group: Any, what: str) -> Tensor:
     """A sum over the ranks of a small tensor, returned on ``t``'s device."""
+    if world(group)[1] == 1:
+        return t
     device = _comm_device(group, t)
     buf = t.detach().to(device).clone()
     try:

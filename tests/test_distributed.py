@@ -161,9 +161,11 @@ def test_without_a_process_group_everything_is_one_process():
     x0, y = _data(torch.float64)
     assert fkd.world() == (0, 1) and fkd.show_progress()
     assert fkd.gather_particles(x0) is x0
-    a = _flow(fkd.ShardedMMD(y)).run(x0, 2).particles
-    b = _flow(fk.objectives.MMD(y)).run(x0, 2).particles
+    sharded, single = fkd.ShardedMMD(y), fk.objectives.MMD(y)
+    a = _flow(sharded).run(x0, 2).particles
+    b = _flow(single).run(x0, 2).particles
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sharded.value(a), single.value(b), rtol=0, atol=1e-12)
 
 
 def test_shard_bounds_cover_the_rows_once():
