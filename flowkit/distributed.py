@@ -403,9 +403,9 @@ class ShardedMMD(FunctionalObjective):
     r"""Squared MMD to a target sample, with particles and target sharded over the ranks.
 
     The objective and its first variation are those of :class:`flowkit.objectives.MMD`
-    (Arbel et al. 2019 [AKSG19], sec. 2; the witness function) for the *union* of the
-    shards; each rank runs :class:`flowkit.FunctionalGradientDescent` on its own shard and
-    the reductions communicate.
+    (Arbel et al. 2019 [ArbelKorbaSalimGretton19], sec. 2; the witness function) for the
+    *union* of the shards; each rank runs :class:`flowkit.FunctionalGradientDescent` on its
+    own shard and the reductions communicate.
 
     Parameters
     ----------
@@ -488,7 +488,7 @@ class ShardedMMD(FunctionalObjective):
 
 
 class ShardedEnergyDistance(ShardedMMD):
-    r"""The energy distance (Székely & Rizzo 2013 [SR13]) as a sharded MMD with
+    r"""The energy distance (Székely & Rizzo 2013 [SzekelyRizzo13]) as a sharded MMD with
     :class:`flowkit.kernels.EnergyKernel`; see :class:`flowkit.objectives.EnergyDistance`.
     """
 

@@ -13,8 +13,8 @@ points, and keeps everything in registers:
 with :math:`r_{ij}^2 = \|x_i - y_j\|^2` from explicit differences (exact zeros at
 coincident points, so the singular kernels take the subgradient 0 there, as the torch path
 does) and the softmin as an online log-sum-exp (the running maximum is rescaled tile by
-tile; Milakov & Gimelshein 2018 [MG18]). Memory traffic is ``O((N + M) d)`` per reduction
-instead of ``O(N M)``.
+tile; Milakov & Gimelshein 2018 [MilakovGimelshein18]). Memory traffic is
+``O((N + M) d)`` per reduction instead of ``O(N M)``.
 
 Kernels: :class:`flowkit.kernels.Gaussian` (exponential), :class:`~flowkit.kernels.Laplacian`
 (square root and exponential) and :class:`~flowkit.kernels.EnergyKernel` (square root).
