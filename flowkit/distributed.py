@@ -79,6 +79,7 @@ __all__ = [
     "ShardedMMD",
     "ShardedEnergyDistance",
     "gather_particles",
+    "global_mean",
     "ShardedWasserstein",
     "show_progress",
     "sharded_checkpoint_path",
@@ -288,7 +289,10 @@ def _ring(local: Tensor, sizes: Sequence[int], group: Any,
         where = f"{what}: ring stage {s + 1}/{size - 1}"
         incoming = current.new_empty((sizes[(rank - s - 1) % size], *current.shape[1:]))
         try:
-            reqs = [dist.isend(current, nxt, group=group), dist.irecv(incoming, prv, group=group)]
+            # batched: NCCL must see the send and the receive in one group call, or every
+            # rank blocks in its send waiting for a receive that is never posted
+            reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, current, nxt, group),
+                                           dist.P2POp(dist.irecv, incoming, prv, group)])
         except RuntimeError as err:
             raise _wrap(err, where, rank) from err
         _STATS.bytes_sent += current.numel() * current.element_size()
@@ -441,29 +445,32 @@ class ShardedMMD(FunctionalObjective):
                     "backend": _check_backend(backend)}
         self.group = group
         self.smoothness = 6.0 * self.kernel.hessian_bound()
-        self._m_total: int | None = None
-        self._n_total: dict[int, int] = {}  # local rows -> global rows, once per shape
+        self._m_rows: list[int] | None = None  # every rank's target rows
+        self._n_rows: dict[int, list[int]] = {}  # local rows -> every rank's rows
         self._kyy: Tensor | None = None
 
-    def _totals(self, x: Tensor) -> tuple[int, int]:
-        if self._m_total is None:
-            self._m_total = sum(check_consistent(self.target, "target", self.group))
-        n = x.shape[0]
-        if n not in self._n_total:
-            self._n_total[n] = sum(_all_gather_rows(x, self.group))
-        return self._n_total[n], self._m_total
+    def _witness(self, x: Tensor, cx: float, cy: float) -> ShardedWitness:
+        """The witness at ``x``; every rank's row counts are exchanged once per shape."""
+        if self._m_rows is None:
+            self._m_rows = check_consistent(self.target, "target", self.group)
+        if x.shape[0] not in self._n_rows:
+            self._n_rows[x.shape[0]] = _all_gather_rows(x, self.group)
+        n_rows = self._n_rows[x.shape[0]]
+        psi = ShardedWitness(x, self.target, self.kernel, cx, cy, sum(n_rows),
+                             sum(self._m_rows), self.group, self._kw)
+        psi._sizes = [a + b for a, b in zip(n_rows, self._m_rows)]  # [x; y] block rows
+        return psi
 
     def validate(self, x: Tensor) -> None:
         check_particles(x, "x", finite=False)
         check_compatible(x, self.target, "x", "target")
         check_finite(x, "x")
-        self._n_total[x.shape[0]] = sum(check_consistent(x, "x", self.group))
-        self._totals(x)
+        self._n_rows[x.shape[0]] = check_consistent(x, "x", self.group)
+        if self._m_rows is None:
+            self._m_rows = check_consistent(self.target, "target", self.group)
 
     def first_variation(self, x: Tensor) -> ShardedWitness:
-        n, m = self._totals(x)
-        return ShardedWitness(x, self.target, self.kernel, 2.0, -2.0, n, m, self.group,
-                              self._kw)
+        return self._witness(x, 2.0, -2.0)
 
     def value(self, x: Tensor) -> Tensor:
         r""":math:`\mathrm{MMD}^2` of the union of the shards, the same on every rank.
@@ -471,18 +478,17 @@ class ShardedMMD(FunctionalObjective):
         :math:`\frac1N\sum_i[\frac1N\sum_j k(x_i,x_j) - \frac2M\sum_m k(x_i,y_m)]` is one
         ring pass (a witness with weights ``1/N`` and ``-2/M``) and a sum over the ranks.
         """
-        n, m = self._totals(x)
-        witness = ShardedWitness(x, self.target, self.kernel, 1.0, -2.0, n, m, self.group,
-                                 self._kw)
-        local = witness(x).sum() / n
-        return _all_reduce_sum(local, self.group, "ShardedMMD.value") + self._target_term(m)
+        witness = self._witness(x, 1.0, -2.0)
+        local = witness(x).sum() / sum(self._n_rows[x.shape[0]])
+        return (_all_reduce_sum(local, self.group, "ShardedMMD.value")
+                + self._target_term(sum(self._m_rows)))
 
     def _target_term(self, m: int) -> Tensor:
         # mean k(y, y') is constant along the flow: one ring pass, once
         if self._kyy is None:
             w = self.target.new_full((self.target.shape[0],), 1.0 / m)
             s = _ring_reduce(self.target, self.target, w, self.kernel, False, self.group,
-                             None, self._kw).sum()
+                             self._m_rows, self._kw).sum()
             self._kyy = _all_reduce_sum(s, self.group, "ShardedMMD.value") / m
         return self._kyy
 
@@ -500,6 +506,19 @@ class ShardedEnergyDistance(ShardedMMD):
 
 
 # --------------------------------------------------------------------------- monitors
+
+
+def global_mean(values: Tensor, group: Any = None) -> Tensor:
+    """The mean over every rank's rows of ``values`` (shape ``(n_r, ...)``), on every rank.
+
+    A collective (one all-reduce of a sum and a count). E.g. the engine's ``grad_norm2``,
+    ``global_mean(g.pow(2).flatten(1).sum(1))``, which on one rank is a shard's mean only.
+    """
+    local = torch.stack([values.sum(0).sum().to(torch.float64),
+                         torch.tensor(float(values.shape[0]), dtype=torch.float64,
+                                      device=values.device)])
+    total = _all_reduce_sum(local, group, "global_mean")
+    return (total[0] / total[1]).to(values.dtype)
 
 
 def gather_particles(x: Tensor, dst: int = 0, group: Any = None) -> Tensor | None:

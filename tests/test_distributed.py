@@ -49,9 +49,11 @@ def _sharded_cases(tmp):
             obj = fkd.ShardedMMD(fkd.shard(y), kernel)
         w2 = fkd.ShardedWasserstein(fkd.shard(y))
         res = _flow(obj, monitors=[w2], monitor_every=STEPS).run(fkd.shard(x0), STEPS)
+        g0 = obj.functional_gradient(fkd.shard(x0))
         out[name] = {"particles": fkd.gather_particles(res.particles),
+                     "grad_norm2": fkd.global_mean(g0.pow(2).sum(1)),
                      "value": obj.value(res.particles), "W2": res.history["W2"],
-                     "grad0": fkd.gather_particles(obj.functional_gradient(fkd.shard(x0)))}
+                     "grad0": fkd.gather_particles(g0)}
     # a group of one rank: each rank runs the whole problem alone
     singles = [dist.new_group([r]) for r in range(size)]
     x0, y = _data(torch.float64)
@@ -85,6 +87,24 @@ def _sharded_cases(tmp):
     return out
 
 
+def _gradient_and_value():
+    x0, y = _data(torch.float64)
+    obj = fkd.ShardedEnergyDistance(fkd.shard(y))
+    obj.validate(fkd.shard(x0))
+    return (fkd.gather_particles(obj.functional_gradient(fkd.shard(x0))),
+            obj.value(fkd.shard(x0)))
+
+
+def test_three_ranks_pass_every_block_round_the_ring():
+    # with 3 ranks each stage's source rank matters (with 2 any order is right)
+    out = fkd.launch(_gradient_and_value, 3, timeout=60, **FAST)
+    x0, y = _data(torch.float64)
+    obj = fk.objectives.EnergyDistance(y)
+    torch.testing.assert_close(out[0][0], obj.functional_gradient(x0), rtol=0, atol=1e-12)
+    for r in range(3):
+        torch.testing.assert_close(out[r][1], obj.value(x0), rtol=0, atol=1e-12)
+
+
 def _fail_mid_run():
     """Rank 1 raises in a callback at step 2; rank 0 is then waiting in a ring pass."""
     x0, y = _data(torch.float64)
@@ -113,12 +133,15 @@ def test_sharded_flow_equals_the_single_process_flow(sharded, name, tol):
     got = sharded[0][name]
     assert sharded[1][name]["particles"] is None  # gathered on rank 0 only
     assert got["particles"].dtype == dtype
-    torch.testing.assert_close(got["grad0"], obj.functional_gradient(x0), rtol=0, atol=tol)
+    g0 = obj.functional_gradient(x0)
+    torch.testing.assert_close(got["grad0"], g0, rtol=0, atol=tol)
     torch.testing.assert_close(got["particles"], ref.particles, rtol=0, atol=tol)
     for r in (0, 1):  # the value and the monitor are the same numbers on every rank
         torch.testing.assert_close(sharded[r][name]["value"], obj.value(ref.particles),
                                    rtol=0, atol=tol)
         assert sharded[r][name]["W2"] == pytest.approx(ref.history["W2"], abs=tol)
+        torch.testing.assert_close(sharded[r][name]["grad_norm2"], g0.pow(2).sum(1).mean(),
+                                   rtol=0, atol=tol)
 
 
 def test_a_group_of_one_rank_runs_the_single_process_flow(sharded):
