@@ -2,7 +2,8 @@
 
 Triton is an optional extra (``pip install 'flowkit[triton]'``); without it the correctness
 tests are skipped *with that reason printed* (``-rs``), and the routing test still checks
-that the path refuses to run, saying why.
+that the path refuses to run, saying why. A CI job that installs the extra sets
+``FLOWKIT_REQUIRE_TRITON=1``: a missing or broken Triton then fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ needs_triton = pytest.mark.skipif(
     not HAVE_TRITON,
     reason="Triton is not installed (pip install 'flowkit[triton]') or TRITON_INTERPRET=0: "
            "the fused path is untested in this run")
+
+
+
+def test_triton_is_present_where_ci_requires_it():
+    if os.environ.get("FLOWKIT_REQUIRE_TRITON") == "1":
+        assert HAVE_TRITON, "FLOWKIT_REQUIRE_TRITON=1 but Triton's interpreter cannot run here"
+
 
 KERNELS = [fk.kernels.Gaussian(0.7), fk.kernels.Laplacian(0.8), fk.kernels.EnergyKernel()]
 TOL = {torch.float32: 2e-6, torch.float64: 1e-13}  # relative to the sum of |w_j| |k|
