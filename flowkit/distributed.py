@@ -282,6 +282,7 @@ def _ring(local: Tensor, sizes: Sequence[int], group: Any,
     rank, size = world(group)
     if size == 1:
         return fn(local)
+    _check_backend_device(dist.get_backend(group), local.device, "points")
     nxt, prv = _global(group, (rank + 1) % size), _global(group, (rank - 1) % size)
     current = local.contiguous()
     acc: Tensor | None = None

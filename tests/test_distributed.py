@@ -70,6 +70,10 @@ def _sharded_cases(tmp):
             _flow(fkd.ShardedMMD(fkd.shard(y))).run(fkd.shard(x0), 1)
         except ValueError as err:
             errors[case] = str(err)
+    try:  # not CUDA (none here) but the same rule: gloo sends CPU tensors only
+        fkd.ShardedMMD(fkd.shard(y).to("meta")).validate(fkd.shard(x0).to("meta"))
+    except ValueError as err:
+        errors["device"] = str(err)
     out["errors"] = errors
     # checkpoints: one file per rank + manifest; resume equals the uninterrupted run
     x0, y = _data(torch.float64)
@@ -156,6 +160,7 @@ def test_mismatched_ranks_raise_on_every_rank_naming_the_argument(sharded):
         errs = sharded[r]["errors"]
         assert "x differs across ranks" in errs["dim"] and "event shape (3,)" in errs["dim"]
         assert "float32" in errs["dtype"] and "float64" in errs["dtype"]
+        assert "gloo backend" in errs["device"] and "backend='nccl'" in errs["device"]
 
 
 def test_per_rank_checkpoints_resume_bit_identically(sharded):
