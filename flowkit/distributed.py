@@ -727,7 +727,9 @@ def launch(fn: Callable[..., Any], nprocs: int, *args: Any, backend: str = "gloo
     For tests and notebooks (scripts use ``torchrun`` and :func:`init_from_env`). Each
     process initializes ``torch.distributed`` (``backend``, default gloo, over a free local
     port, ``timeout`` seconds per collective) and runs ``fn``; ``fn`` must be importable
-    (a module-level function) with the default ``"spawn"`` start method.
+    (a module-level function) with the default ``"spawn"`` start method. A function defined
+    in a notebook is not: pass ``start_method="fork"`` there (and ``threads=1``, which
+    keeps the children out of the parent's OpenMP pool).
 
     Returns the list of return values in rank order. If any rank fails, the others are
     given a few seconds to report their own error (they see the dead peer as a failed
