@@ -140,10 +140,18 @@ class NoisyMMDFlow(MMD):
             raise ValueError(f"noise_level schedule gave beta={beta} at step {k}; need >= 0")
         return beta
 
+    def functional_gradient(self, x: Tensor) -> Tensor:
+        self.validate(x)
+        return self._noisy(x).grad(x)
+
     def first_variation(self, x: Tensor) -> NoisyPotential:
+        self.validate(x, finite=False)
+        return self._noisy(x)
+
+    def _noisy(self, x: Tensor) -> NoisyPotential:
         if self.generator is None:
             self.generator = torch.Generator(device=x.device).manual_seed(self._seed)
-        witness: KernelWitness = super().first_variation(x)
+        witness: KernelWitness = self._witness(x)
         return NoisyPotential(witness, self.noise(self.step), self.generator)
 
     def after_step(self, layer: Any) -> None:
