@@ -12,7 +12,7 @@ from flowkit.generators.kernelized_flow import conjugate_gradient
 
 def _flow(seed=0, hidden=6, lam=1e-2, eta=0.1, bandwidth=0.7, n=40, solver="cg"):
     g = torch.Generator().manual_seed(seed)
-    gen = fk.critics.MLP(2, 2, hidden=hidden, depth=2, generator=g).double()
+    gen = fk.nn.MLP(2, 2, hidden=hidden, depth=2, generator=g).double()
     data = fk.datasets.eight_gaussians(80, seed=seed, dtype=torch.float64)
     z = torch.randn(n, 2, generator=g, dtype=torch.float64)
     return ParametricKernelizedFlow(gen, data, fk.kernels.Gaussian(bandwidth), eta, lam,
@@ -85,7 +85,7 @@ def test_training_reduces_mmd_and_plain_gd_is_available():
 
 
 def test_bad_arguments():
-    gen = fk.critics.MLP(2, 2, hidden=4, depth=2)
+    gen = fk.nn.MLP(2, 2, hidden=4, depth=2)
     data = torch.randn(10, 2)
     with pytest.raises(ValueError, match="smooth kernel"):
         ParametricKernelizedFlow(gen, data, fk.kernels.Laplacian(1.0), 0.1, 0.1)

@@ -26,7 +26,7 @@ def test_fit_raises_the_mmd_and_returns_a_frozen_witness(gen):
 def test_witness_gradient_is_autograd_of_the_snapshot(gen):
     data = torch.randn(50, 2, generator=gen, dtype=torch.float64) + 1.0
     fake = torch.randn(40, 2, generator=gen, dtype=torch.float64)
-    net = fk.critics.MLP(2, 4, hidden=8, depth=2).double()
+    net = fk.nn.MLP(2, 4, hidden=8, depth=2).double()
     critic = MMDCritic(net, fk.kernels.Gaussian(1.0), penalty=1.0, steps=2, seed=0)
     psi = critic.fit(fake, data)
     z = torch.randn(6, 2, generator=gen, dtype=torch.float64)

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
 from flowkit.critics.training import Batches, CriticTrainingState
-from flowkit.critics.wgan_gp import MLP
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Gaussian, Kernel, kernel_sum, mmd2
+from flowkit.nn import MLP
 from flowkit.potential import Potential
 from flowkit.validation import (
     check_int,
@@ -80,7 +80,7 @@ class MMDCritic(CriticTrainingState):
     ----------
     features : nn.Module, optional
         :math:`\Phi_\theta: (B, *event) \to (B, m)`, trained in place. Default: an
-        :class:`flowkit.critics.MLP` from ``dim`` to ``feature_dim`` outputs.
+        :class:`flowkit.nn.MLP` from ``dim`` to ``feature_dim`` outputs.
     kernel : Kernel
         Base kernel on the features (default ``Gaussian(1.0)``).
     penalty : float

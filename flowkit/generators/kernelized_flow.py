@@ -108,7 +108,7 @@ class ParametricKernelizedFlow:
     Examples
     --------
     >>> import torch, flowkit as fk
-    >>> gen = fk.critics.MLP(2, 2, hidden=16, depth=2, generator=torch.Generator().manual_seed(0))
+    >>> gen = fk.nn.MLP(2, 2, hidden=16, depth=2, generator=torch.Generator().manual_seed(0))
     >>> flow = fk.generators.ParametricKernelizedFlow(
     ...     gen, fk.datasets.eight_gaussians(200), fk.kernels.Gaussian(0.5),
     ...     step_size=0.5, lam=1e-2, batch_size=64)

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.critics.training import check_betas, make_adam
-from flowkit.critics.wgan_gp import MLP, WGANGPCritic, critic_values
+from flowkit.critics.wgan_gp import WGANGPCritic, critic_values
+from flowkit.nn import MLP
 from flowkit.validation import as_generator, check_int, check_particles, check_positive
 
 __all__ = ["WGANGP"]
@@ -56,7 +57,7 @@ class WGANGP:
         ``betas``, ``batch_size`` of this trainer, seeded from ``seed``.
     generator : nn.Module, optional
         Latent ``(B, latent_dim) -> (B, *event)``, trained in place. Default: an
-        :class:`flowkit.critics.MLP` with ``depth`` layers of width ``hidden``, followed by
+        :class:`flowkit.nn.MLP` with ``depth`` layers of width ``hidden``, followed by
         ``output_map``.
     latent_dim : int
         Dimension of the latent noise :math:`z \sim \mathcal N(0, \text{noise\_std}^2 I)`.
