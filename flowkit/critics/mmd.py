@@ -32,14 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowkit.critics.base import Critic
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
-from flowkit.critics.training import Batches, CriticTrainingState
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Gaussian, Kernel, kernel_sum, mmd2
 from flowkit.nn import MLP
 from flowkit.potential import Potential
-from flowkit.validation import (
-    check_int,
-)
+from flowkit.validation import check_compatible, check_int, check_particles
 
 __all__ = ["MMDCritic", "MMDWitnessPotential"]
 
@@ -69,7 +67,7 @@ class MMDWitnessPotential(Potential):
                           memory_budget=self.memory_budget)
 
 
-class MMDCritic(CriticTrainingState):
+class MMDCritic(Critic):
     r"""A gradient-regularised MMD critic trained with Adam, warm-started across fits.
 
     Same interface as :class:`flowkit.critics.WGANGPCritic` (``fit``, ``train``,
@@ -141,19 +139,6 @@ class MMDCritic(CriticTrainingState):
         self._pool: Tensor | None = None
 
     # ------------------------------------------------------------------ training
-    def fit(self, particles: Batches, data: Tensor, steps: int | None = None
-            ) -> MMDWitnessPotential:
-        """Train ``steps`` Adam steps (default ``self.steps``), return :math:`\\psi = -f`.
-
-        ``particles`` is a pool tensor (minibatches drawn with replacement; the snapshot's
-        witness uses the whole pool) or a callable ``k0 -> batch`` of fresh samples (the
-        snapshot then uses the last batches seen).
-        """
-        self.train(particles, data, steps)
-        self.n_fits += 1
-        pool = particles.detach() if isinstance(particles, Tensor) else self._pool
-        return self.snapshot(pool, data)
-
     def _after_train(self, fresh: list[Tensor]) -> None:
         if fresh:
             self._pool = torch.cat(fresh)  # the latest fresh samples stand for q
@@ -178,9 +163,21 @@ class MMDCritic(CriticTrainingState):
 
     def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
                  ) -> MMDWitnessPotential:
-        """A frozen copy of the features and the witness between ``particles`` and ``data``."""
-        if particles is None or data is None:
-            raise ValueError("snapshot needs the particle pool and the data; call fit() first")
+        """A frozen copy of the features and the witness between ``particles`` and ``data``.
+
+        ``particles`` defaults to the last fresh batches seen by :meth:`train` (when it was
+        given a callable); ``data`` is required.
+        """
+        if particles is None:
+            particles = self._pool
+        if particles is None:
+            raise ValueError("particles is required: the witness is between the particle pool "
+                             "and data (or call fit() with a sampler first)")
+        if data is None:
+            raise ValueError("data is required: the witness is between particles and data")
+        check_particles(particles, "particles")
+        check_particles(data, "data")
+        check_compatible(particles, data, "particles", "data")
         net = copy.deepcopy(self.features).eval()
         net.requires_grad_(False)
         with torch.no_grad():
@@ -189,6 +186,9 @@ class MMDCritic(CriticTrainingState):
 
     def witness(self, z: Tensor, particles: Tensor, data: Tensor) -> Tensor:
         r"""The live witness :math:`f_\theta(z)` between ``data`` and ``particles``."""
+        for value, name in ((z, "z"), (particles, "particles")):
+            check_particles(value, name)
+            check_compatible(value, data, name, "data")
         fz, fx, fy = self.features(z), self.features(particles), self.features(data)
         w = torch.cat([fy.new_full((len(fy),), 1.0 / len(fy)),
                        fx.new_full((len(fx),), -1.0 / len(fx))])

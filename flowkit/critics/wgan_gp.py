@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from flowkit.critics.base import Critic
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
-from flowkit.critics.training import Batches, CriticTrainingState
 from flowkit.nn import MLP
 from flowkit.potential import Potential
 from flowkit.validation import check_int
@@ -58,7 +58,7 @@ class CriticPotential(Potential):
         return -critic_values(self.net, x)
 
 
-class WGANGPCritic(CriticTrainingState):
+class WGANGPCritic(Critic):
     r"""A WGAN-GP critic trained with Adam, warm-started across calls to :meth:`fit`.
 
     Each :meth:`fit` runs the inner loop of Nitanda & Suzuki (2018), Algorithm 1 (formula in
@@ -137,25 +137,6 @@ class WGANGPCritic(CriticTrainingState):
         self._attach(net)
 
     # ------------------------------------------------------------------ training
-    def fit(self, particles: Batches, data: Tensor, steps: int | None = None) -> CriticPotential:
-        r"""Train ``steps`` Adam steps (default ``self.steps``) and return :math:`\psi = -f`.
-
-        Parameters
-        ----------
-        particles : Tensor or callable
-            Generated samples. A tensor ``(N, *event)`` is a pool: each step draws ``b``
-            of them i.i.d. with replacement (the empirical measure of the pool). A callable
-            ``k0 -> (b', *event)`` is asked for the batch of step ``k0`` (fresh samples,
-            as in Algorithm 1 proper).
-        data : Tensor
-            Data ``(M, *event)``; each step draws ``b`` i.i.d. with replacement.
-        steps : int, optional
-            :math:`T_0` for this call.
-        """
-        self.train(particles, data, steps)
-        self.n_fits += 1
-        return self.snapshot()
-
     def _loss(self, real: Tensor, fake: Tensor, g: torch.Generator) -> Tensor:
         # One forward pass over [fake, real] (and x~ without an explicit gradient) instead of
         # separate ones: the per-call overhead of a small MLP dominates on CPU. Penalty
@@ -184,8 +165,13 @@ class WGANGPCritic(CriticTrainingState):
             loss = loss + self.lam * penalty_from_gradients(grad, kind).mean()
         return loss
 
-    def snapshot(self) -> CriticPotential:
-        """A frozen deep copy of the current critic as :math:`\\psi = -f` (eval mode)."""
+    def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
+                 ) -> CriticPotential:
+        """A frozen deep copy of the current critic as :math:`\\psi = -f` (eval mode).
+
+        ``particles`` and ``data`` are accepted for the common :class:`Critic` signature and
+        not needed: :math:`f` alone is the potential.
+        """
         net = copy.deepcopy(self.net).eval()
         net.requires_grad_(False)
         return CriticPotential(net)

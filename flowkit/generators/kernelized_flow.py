@@ -36,9 +36,19 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
+from flowkit.descent import FlowDivergedError
 from flowkit.kernels import Kernel, kernel_grad_sum, mmd2
 from flowkit.objectives.mmd import MMD
-from flowkit.validation import check_particles, check_positive
+from flowkit.validation import (
+    as_generator,
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    check_particles,
+    check_positive,
+    check_seed,
+)
 
 __all__ = ["ParametricKernelizedFlow", "conjugate_gradient"]
 
@@ -53,6 +63,12 @@ def conjugate_gradient(matvec, b: Tensor, *, max_iter: int = 50, tol: float = 1e
     ``(s, iterations, relative residual)``; the residual check synchronises once per
     iteration (the loop is over CG iterations, not over particles).
     """
+    max_iter = check_int(max_iter, "max_iter")
+    check_number(tol, "tol", minimum=0.0)
+    if not isinstance(b, Tensor) or b.dim() != 1 or not b.is_floating_point():
+        got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+        raise ValueError(f"b must be a vector (P,) of floats, got {got}")
+    check_finite(b, "b")
     s = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
@@ -133,10 +149,10 @@ class ParametricKernelizedFlow:
         self.kernel = kernel
         self.step_size = check_positive(step_size, "step_size")
         self.lam = check_positive(lam, "lam")
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        self.solver = solver
-        self.cg_iters, self.cg_tol, self.max_direct = int(cg_iters), float(cg_tol), max_direct
+        self.solver = check_choice(solver, "solver", SOLVERS)
+        self.cg_iters = check_int(cg_iters, "cg_iters")
+        self.cg_tol = check_number(cg_tol, "cg_tol", minimum=0.0)
+        self.max_direct = check_int(max_direct, "max_direct")
         self.names = [n for n, p in generator.named_parameters() if p.requires_grad]
         if not self.names:
             raise ValueError("generator has no trainable parameters")
@@ -145,15 +161,24 @@ class ParametricKernelizedFlow:
         if solver == "direct" and self.n_params > max_direct:
             raise ValueError(f"solver='direct' forms a {self.n_params} x {self.n_params} matrix;"
                              f" use solver='cg' (or raise max_direct above {self.n_params})")
+        in_features = getattr(generator, "in_features", None)
+        if latent_dim is not None:
+            check_int(latent_dim, "latent_dim")
+            if isinstance(in_features, int) and latent_dim != in_features:
+                raise ValueError(f"latent_dim={latent_dim} but the generator takes "
+                                 f"in_features={in_features}")
+        self.latent_dim = latent_dim if latent_dim is not None else in_features
         if latent is not None:
             check_particles(latent, "latent")
+            width = self.latent_dim if isinstance(self.latent_dim, int) else None
+            if latent.dim() != 2 or (width is not None and latent.shape[1] != width):
+                raise ValueError(f"latent must have shape (n, {width or 'latent_dim'}), got "
+                                 f"{tuple(latent.shape)}")
         self.latent = latent
-        self.latent_dim = latent_dim if latent_dim is not None else \
-            getattr(generator, "in_features", None)
         if latent is None and not isinstance(self.latent_dim, int):
             raise ValueError("pass latent_dim (the generator has no in_features attribute)")
-        self.batch_size = int(batch_size)
-        self._seed = seed
+        self.batch_size = check_int(batch_size, "batch_size")
+        self._seed = check_seed(seed)
         self._gen: torch.Generator | None = seed if isinstance(seed, torch.Generator) else None
         self._objective = MMD(self.data, kernel, backend="torch")
         self.steps_taken = 0
@@ -167,14 +192,14 @@ class ParametricKernelizedFlow:
             return self.latent
         ref = self.data
         if self._gen is None:
-            self._gen = torch.Generator(device=ref.device).manual_seed(int(self._seed))
+            self._gen = as_generator(self._seed, ref.device)
         return torch.randn(self.batch_size, self.latent_dim, generator=self._gen,
                            device=ref.device, dtype=ref.dtype)
 
     def sample(self, n: int, seed: int | torch.Generator = 0) -> Tensor:
         """``n`` generated samples from a seeded latent draw (no gradient)."""
-        g = seed if isinstance(seed, torch.Generator) else \
-            torch.Generator(device=self.data.device).manual_seed(seed)
+        n = check_int(n, "n")
+        g = as_generator(seed, self.data.device)
         z = torch.randn(n, self.latent_dim, generator=g, device=self.data.device,
                         dtype=self.data.dtype)
         with torch.no_grad():
@@ -213,6 +238,14 @@ class ParametricKernelizedFlow:
 
         x, vjp_fn = vjp(f, params)
         n = x.shape[0]
+        if x.shape[1] != self.data[0].numel():
+            raise ValueError(f"generator maps latents {tuple(z.shape)} to events of "
+                             f"{x.shape[1]} entries, but data has events of shape "
+                             f"{tuple(self.data.shape[1:])}")
+        if not bool(torch.isfinite(x).all()):  # the step synchronises anyway (CG, mmd2)
+            raise FlowDivergedError(self.steps_taken, "the generator's samples are non-finite "
+                                    f"(NaN or inf) at step {self.steps_taken}; lower "
+                                    "step_size or raise lam")
 
         def gram_matvec(v: Tensor) -> Tensor:
             u = jvp(f, (params,), (self._unflat(v, params),))[1]
@@ -227,7 +260,7 @@ class ParametricKernelizedFlow:
                           ) -> tuple[Tensor, dict[str, Any]]:
         r"""The direction :math:`(\lambda I + G_\theta)^{-1}\nabla_\theta\frac12\mathrm{MMD}^2`
         (flattened), with solver statistics; ``solver`` overrides the instance's."""
-        solver = solver or self.solver
+        solver = self.solver if solver is None else check_choice(solver, "solver", SOLVERS)
         z = self._latent() if z is None else z
         x, params, grad, gram_matvec = self._operators(z)
         info: dict[str, Any] = {"cg_iters": 0, "cg_residual": 0.0}
@@ -262,6 +295,7 @@ class ParametricKernelizedFlow:
 
     def run(self, n_steps: int, *, callback=None) -> dict[str, list]:
         """``n_steps`` updates; ``callback(k, info)`` after each. Returns the per-step info."""
+        check_int(n_steps, "n_steps", 0)
         history: dict[str, list] = {"step": [], "mmd2": [], "cg_iters": [], "cg_residual": []}
         for k in range(n_steps):
             info = self.step()

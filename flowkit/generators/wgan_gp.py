@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from flowkit.critics.training import check_betas, make_adam
 from flowkit.critics.wgan_gp import WGANGPCritic, critic_values
+from flowkit.descent import FlowDivergedError
 from flowkit.nn import MLP
 from flowkit.validation import as_generator, check_int, check_particles, check_positive
 
@@ -103,6 +104,7 @@ class WGANGP:
                                   batch_size, n_critic, seed=self._child_seed())
         elif not isinstance(critic, WGANGPCritic):
             raise TypeError(f"critic must be a WGANGPCritic, got {type(critic).__name__}")
+        critic.check_data(data)
         self.critic = critic
         if generator is None:
             init = torch.Generator().manual_seed(self._child_seed())
@@ -114,6 +116,7 @@ class WGANGP:
         self.optimizer = make_adam(self.generator.parameters(), check_positive(lr, "lr"),
                                    check_betas(betas))
         self.generator_steps = 0
+        self._losses: list[Tensor] = []  # generator losses since the last check, on device
 
     def _child_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self._rng, device=self._rng.device))
@@ -131,18 +134,53 @@ class WGANGP:
 
     def sample(self, n: int | Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Generated samples: ``n`` fresh ones, or the generator applied to given latents."""
-        z = n if isinstance(n, Tensor) else self.latents(check_int(n, "n"), generator)
+        if isinstance(n, Tensor):
+            z = self._check_latents(n, "n (latents)")
+        else:
+            z = self.latents(check_int(n, "n"), generator)
         with torch.no_grad():
-            return self.generator(z)
+            return self._generate(z)
+
+    def _check_latents(self, z: Tensor, name: str) -> Tensor:
+        check_particles(z, name)
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"{name} must have shape (B, latent_dim={self.latent_dim}), got "
+                             f"{tuple(z.shape)}")
+        return z
+
+    def _generate(self, z: Tensor) -> Tensor:
+        x = self.generator(z)
+        if not isinstance(x, Tensor) or x.shape != (len(z), *self.data.shape[1:]):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"generator maps latents {tuple(z.shape)} to {got}, but data needs "
+                             f"(B, *event) = {(len(z), *self.data.shape[1:])}")
+        return x
 
     def _fake_batch(self, k0: int) -> Tensor:
         return self.sample(self.critic.batch_size)
 
+    def _raise_if_diverged(self, samples: Tensor | None = None) -> None:
+        # one synchronisation per monitored step: the losses wait on the device until then
+        if self._losses:
+            ok = torch.isfinite(torch.stack(self._losses)).tolist()
+            first = self.generator_steps - len(ok) + 1 + ok.index(False) if not all(ok) \
+                else None
+            self._losses = []
+            if first is not None:
+                raise FlowDivergedError(first, "WGAN-GP training diverged: the generator loss "
+                                        f"became non-finite (NaN or inf) at generator step "
+                                        f"{first}; lower lr or check the data")
+        if samples is not None and not bool(torch.isfinite(samples).all()):
+            raise FlowDivergedError(self.generator_steps, "WGAN-GP training diverged: the "
+                                    "generated samples are non-finite (NaN or inf) at "
+                                    f"generator step {self.generator_steps}")
+
     def step(self) -> None:
         """One WGAN-GP iteration: ``n_critic`` critic steps, then one generator step."""
         self.critic.train(self._fake_batch, self.data, self.n_critic, check=False)
-        x = self.generator(self.latents(self.batch_size))
+        x = self._generate(self.latents(self.batch_size))
         loss = -critic_values(self.critic.net, x).mean()
+        self._losses.append(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         # only the generator's gradients: the critic's are reset at its next step anyway
         loss.backward(inputs=list(self.generator.parameters()))
@@ -176,13 +214,16 @@ class WGANGP:
         check_int(monitor_every, "monitor_every")
         if eval_latents is None and monitors:
             eval_latents = self.latents(500)
+        elif eval_latents is not None:
+            self._check_latents(eval_latents, "eval_latents")
         history: dict[str, list[Any]] = {"generator_steps": [], "critic_steps": []}
 
         def record() -> None:
             history["generator_steps"].append(self.generator_steps)
             history["critic_steps"].append(self.critic_steps)
+            samples = self.sample(eval_latents) if monitors else None
+            self._raise_if_diverged(samples)
             if monitors:
-                samples = self.sample(eval_latents)
                 for monitor in monitors:
                     for name, value in monitor(samples).items():
                         history.setdefault(name, []).append(value)
