@@ -140,6 +140,9 @@ def wasserstein(x: Tensor, y: Tensor, p: int = 2, *, estimator: str = "auto",
                        on_failure)
     check_particles(x, "x")
     check_particles(y, "y")
+    for value, name in ((x, "x"), (y, "y")):
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor: it has no values to transport")
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must share an event shape, got {tuple(x.shape[1:])} and "
                          f"{tuple(y.shape[1:])}")
@@ -223,6 +226,8 @@ def _particles(state: Any, transform: Callable[[Tensor], Tensor] | None,
     if isinstance(x, Tensor) and transform is not None:
         x = transform(x)
     check_particles(x, "particles", finite=False)
+    if x.device.type == "meta":
+        raise ValueError("particles is a meta tensor: it has no values to compare")
     if x.shape[1:] != target.shape[1:]:
         raise ValueError(f"particles has event shape {tuple(x.shape[1:])} but target has event "
                          f"shape {tuple(target.shape[1:])}")
@@ -232,8 +237,9 @@ def _particles(state: Any, transform: Callable[[Tensor], Tensor] | None,
 
 def _flow_state(state: Any, who: str, needs: str) -> Any:
     if isinstance(state, Tensor) or not hasattr(state, needs):
-        raise TypeError(f"{who} needs a flowkit.FlowState (the engine's monitor argument, with "
-                        f".{needs}), got {type(state).__name__}")
+        raise TypeError(f"state must be a flowkit.FlowState (the engine's monitor argument, "
+                        f"with .{needs}): {who} cannot be computed from "
+                        f"{type(state).__name__}")
     return state
 
 

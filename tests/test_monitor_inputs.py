@@ -105,3 +105,11 @@ def test_subsample_is_seeded_and_exact_when_everything_fits():
     full = wasserstein(x, y, estimator="subsample", exact_max=500)
     assert full.value == pytest.approx(wasserstein(x, y).value, rel=1e-12)
     assert math.isfinite(full.spread)
+
+
+def test_meta_tensors_have_no_distance():
+    _, y = _clouds(10, 10)
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        wasserstein(torch.zeros(5, 2, device="meta"), y)
+    with pytest.raises(ValueError, match="particles is a meta tensor"):
+        W2(y)(torch.zeros(5, 2, device="meta"))

@@ -32,7 +32,7 @@ from torch import Tensor
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential
-from flowkit.validation import check_seed
+from flowkit.validation import check_int, check_number, check_seed
 
 __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 
@@ -40,9 +40,7 @@ __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 def arbel_schedule(level: float = 10.0, until: int = 5000) -> Callable[[int], float]:
     r"""The schedule of Arbel et al.'s Gaussian experiment: :math:`\beta_n = ` ``level`` for
     ``n < until``, then 0 (digest 2.3)."""
-    if not level >= 0:
-        raise ValueError(f"level must be >= 0, got {level!r}")
-    return _Constant(float(level), int(until))
+    return _Constant(check_number(level, "level", minimum=0.0), check_int(until, "until", 0))
 
 
 class _Constant:
