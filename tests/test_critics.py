@@ -226,8 +226,8 @@ def test_critic_bad_inputs():
         WGANGPCritic(lr=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         WGANGPCritic(batch_size=0)
-    with pytest.raises(ValueError, match="lam"):
-        WGANGPCritic(lam=-1.0)
+    with pytest.raises(ValueError, match="penalty_weight"):
+        WGANGPCritic(penalty_weight=-1.0)
     with pytest.raises(ValueError, match="betas"):
         WGANGPCritic(betas=(0.5, 1.5))
     with pytest.raises(TypeError, match="seed"):
@@ -330,3 +330,31 @@ def test_custom_explicit_gradients_are_used_and_checked():
     assert net.calls == 3
     with pytest.raises(ValueError, match="values_and_input_gradients"):
         WGANGPCritic(net=Linear(bad=True), steps=1).fit(fake, data)
+
+
+def test_one_interface_and_deprecated_names():
+    from flowkit.critics import Critic, MMDCritic
+
+    for critic in (WGANGPCritic(hidden=8, steps=1), MMDCritic(hidden=8, steps=1)):
+        assert isinstance(critic, Critic)
+        assert isinstance(critic.penalty, str) and isinstance(critic.penalty_weight, float)
+        x = torch.randn(20, 2)
+        psi = critic.fit(x, x + 1.0)
+        assert isinstance(psi, fk.Potential)
+        assert isinstance(critic.snapshot(x, x + 1.0), fk.Potential)
+    with pytest.warns(DeprecationWarning, match="lam"):
+        old = WGANGPCritic(lam=3.0)
+    assert old.penalty_weight == 3.0
+    with pytest.warns(DeprecationWarning, match="penalty_weight"):
+        assert old.lam == 3.0
+    with pytest.warns(DeprecationWarning, match="penalty_weight"):
+        old = MMDCritic(penalty=0.5)
+    assert (old.penalty, old.penalty_weight) == ("two-sided", 0.5)
+    with pytest.warns(DeprecationWarning, match="penalty_kind"):
+        old = MMDCritic(penalty_kind="one-sided")
+    assert old.penalty == "one-sided"
+    with pytest.raises(TypeError, match="penalty_weight"):
+        MMDCritic(penalty=0.5, penalty_weight=1.0)
+    with pytest.warns(DeprecationWarning, match="lam"):
+        gan = fk.generators.WGANGP(torch.randn(20, 2), hidden=8, lam=2.0)
+    assert gan.critic.penalty_weight == 2.0

@@ -16,16 +16,18 @@ gradient layer (sign convention of ``DESIGN.md``).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from flowkit._compat import MISSING, renamed_keyword
 from flowkit.critics.base import Critic
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
 from flowkit.nn import MLP
 from flowkit.potential import Potential
-from flowkit.validation import check_int
+from flowkit.validation import check_int, check_number
 
 __all__ = ["WGANGPCritic", "CriticPotential", "critic_values"]
 
@@ -76,8 +78,8 @@ class WGANGPCritic(Critic):
         Width and number of linear layers of the default MLP (paper: 128 or 512, 4).
     penalty : {"one-sided", "two-sided", "dragan"}
         Gradient penalty ``R`` (:mod:`flowkit.critics.penalties`).
-    lam : float
-        Penalty weight :math:`\lambda`.
+    penalty_weight : float
+        Penalty weight :math:`\lambda` (``lam=`` is a deprecated alias).
     lr, betas : float, (float, float)
         Adam's :math:`\alpha` and :math:`(\beta_1, \beta_2)`.
     batch_size : int
@@ -118,15 +120,17 @@ class WGANGPCritic(Critic):
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 4,
-                 penalty: str = "one-sided", lam: float = 10.0, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.5, 0.9), batch_size: int = 50,
-                 steps: int = 50, net: nn.Module | None = None,
+                 penalty: str = "one-sided", penalty_weight: float = MISSING,
+                 lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9),
+                 batch_size: int = 50, steps: int = 50, net: nn.Module | None = None,
                  seed: int | torch.Generator = 0, *, activation: str = "relu",
-                 perturbation: float | None = None):
+                 perturbation: float | None = None, lam: float = MISSING):
         self.penalty = check_penalty_kind(penalty, "penalty")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-            raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-        self.lam = float(lam)
+        if penalty_weight is MISSING and lam is MISSING:
+            penalty_weight = 10.0
+        weight, name = renamed_keyword(penalty_weight, lam, "penalty_weight", "lam",
+                                       "WGANGPCritic")
+        self.penalty_weight = check_number(weight, name, minimum=0.0)
         self._configure_training(lr=lr, betas=betas, batch_size=batch_size, steps=steps,
                                  seed=seed, perturbation=perturbation)
         if net is None:
@@ -147,14 +151,14 @@ class WGANGPCritic(Critic):
                                 perturbation=self.perturbation)
         explicit = getattr(net, "values_and_input_gradients", None)
         grad = None
-        if self.lam > 0 and callable(explicit):
+        if self.penalty_weight > 0 and callable(explicit):
             out, grad = explicit(torch.cat([fake, real]), points)
             if out.shape != (len(fake) + len(real),) or grad.shape != points.shape:
                 raise ValueError("net.values_and_input_gradients(x, points) must return values "
                                  f"({len(fake) + len(real)},) and gradients "
                                  f"{tuple(points.shape)}, got {tuple(out.shape)} and "
                                  f"{tuple(grad.shape)}")
-        elif self.lam > 0:
+        elif self.penalty_weight > 0:
             points.requires_grad_(True)
             out = critic_values(net, torch.cat([fake, real, points]))
             (grad,) = torch.autograd.grad(out[len(out) - nb:].sum(), points, create_graph=True)
@@ -162,7 +166,7 @@ class WGANGPCritic(Critic):
             out = critic_values(net, torch.cat([fake, real]))
         loss = out[:len(fake)].mean() - out[len(fake):len(fake) + len(real)].mean()
         if grad is not None:
-            loss = loss + self.lam * penalty_from_gradients(grad, kind).mean()
+            loss = loss + self.penalty_weight * penalty_from_gradients(grad, kind).mean()
         return loss
 
     def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
@@ -176,11 +180,18 @@ class WGANGPCritic(Critic):
         net.requires_grad_(False)
         return CriticPotential(net)
 
+    @property
+    def lam(self) -> float:
+        """Deprecated alias of :attr:`penalty_weight`."""
+        warnings.warn("WGANGPCritic.lam is deprecated; use .penalty_weight", DeprecationWarning,
+                      stacklevel=2)
+        return self.penalty_weight
+
     def critic(self, x: Tensor) -> Tensor:
         """The current (live, trainable) critic values ``f(x)``, shape ``(B,)``."""
         return critic_values(self.net, x)
 
     def __repr__(self) -> str:
-        return (f"WGANGPCritic(penalty={self.penalty!r}, lam={self.lam}, lr={self.lr}, "
+        return (f"WGANGPCritic(penalty={self.penalty!r}, penalty_weight={self.penalty_weight}, lr={self.lr}, "
                 f"betas={self.betas}, batch_size={self.batch_size}, steps={self.steps}, "
                 f"net={type(self.net).__name__})")

@@ -20,11 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowkit._compat import MISSING, renamed_keyword
 from flowkit.critics.training import check_betas, make_adam
 from flowkit.critics.wgan_gp import WGANGPCritic, critic_values
 from flowkit.descent import FlowDivergedError
 from flowkit.nn import MLP
-from flowkit.validation import as_generator, check_int, check_particles, check_positive
+from flowkit.validation import (
+    as_generator,
+    check_int,
+    check_number,
+    check_particles,
+    check_positive,
+)
 
 __all__ = ["WGANGP"]
 
@@ -54,7 +61,8 @@ class WGANGP:
     data : Tensor
         Training data ``(M, *event)``.
     critic : WGANGPCritic, optional
-        Default: a ``WGANGPCritic`` with ``hidden``, ``depth``, ``penalty``, ``lam``, ``lr``,
+        Default: a ``WGANGPCritic`` with ``hidden``, ``depth``, ``penalty``, ``penalty_weight``
+        (``lam=`` is a deprecated alias), ``lr``,
         ``betas``, ``batch_size`` of this trainer, seeded from ``seed``.
     generator : nn.Module, optional
         Latent ``(B, latent_dim) -> (B, *event)``, trained in place. Default: an
@@ -88,8 +96,8 @@ class WGANGP:
                  depth: int = 4, n_critic: int = 5, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.5, 0.9), batch_size: int = 50,
                  noise_std: float = 0.5, output_map: Callable[[Tensor], Tensor] | None = torch.tanh,
-                 penalty: str = "one-sided", lam: float = 10.0,
-                 seed: int | torch.Generator = 0):
+                 penalty: str = "one-sided", penalty_weight: float = MISSING,
+                 seed: int | torch.Generator = 0, lam: float = MISSING):
         self.data = check_particles(data, "data")
         self.latent_dim = check_int(latent_dim, "latent_dim")
         self.n_critic = check_int(n_critic, "n_critic")
@@ -100,7 +108,11 @@ class WGANGP:
         self._rng = as_generator(seed, data.device)
         event = tuple(data.shape[1:])
         if critic is None:
-            critic = WGANGPCritic(math.prod(event), hidden, depth, penalty, lam, lr, betas,
+            if penalty_weight is MISSING and lam is MISSING:
+                penalty_weight = 10.0
+            weight, name = renamed_keyword(penalty_weight, lam, "penalty_weight", "lam", "WGANGP")
+            check_number(weight, name, minimum=0.0)
+            critic = WGANGPCritic(math.prod(event), hidden, depth, penalty, weight, lr, betas,
                                   batch_size, n_critic, seed=self._child_seed())
         elif not isinstance(critic, WGANGPCritic):
             raise TypeError(f"critic must be a WGANGPCritic, got {type(critic).__name__}")
