@@ -192,6 +192,7 @@ class WGANGPCritic(Critic):
         return critic_values(self.net, x)
 
     def __repr__(self) -> str:
-        return (f"WGANGPCritic(penalty={self.penalty!r}, penalty_weight={self.penalty_weight}, lr={self.lr}, "
+        return (f"WGANGPCritic(penalty={self.penalty!r}, "
+                f"penalty_weight={self.penalty_weight}, lr={self.lr}, "
                 f"betas={self.betas}, batch_size={self.batch_size}, steps={self.steps}, "
                 f"net={type(self.net).__name__})")
