@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowkit._compat import deprecated_module_attribute
 from flowkit.kernels import Gaussian, Kernel, mmd2
 from flowkit.validation import (
     check_choice,
@@ -35,11 +36,16 @@ __all__ = [
     "wasserstein",
     "W1",
     "W2",
-    "MMDMonitor",
+    "MMD",
+    "Monitor",
     "ObjectiveValue",
     "GradNorm",
     "WallTime",
 ]
+
+#: A monitor: ``state -> {name: value}``, with ``state`` a :class:`flowkit.FlowState` (what
+#: the engine passes) or a tensor of particles (what the parameter-space trainers pass).
+Monitor = Callable[[Any], dict[str, Any]]
 
 EXACT_MAX = 4096  # above this many points on either side, exact EMD takes many seconds
 ESTIMATORS = ("auto", "exact", "subsample", "sliced")
@@ -296,8 +302,12 @@ class W2(_Wasserstein):
     p = 2
 
 
-class MMDMonitor:
-    """MMD (the square root of the V-statistic MMD^2) to a target sample, as ``"MMD"``."""
+class MMD:
+    """MMD (the square root of the V-statistic MMD^2) to a target sample, as ``"MMD"``.
+
+    Monitors are named after the quantity they record (``W1``, ``W2``, ``MMD``); the former
+    name ``MMDMonitor`` is a deprecated alias.
+    """
 
     def __init__(self, target: Tensor, kernel: Kernel | None = None, name: str = "MMD",
                  transform: Callable[[Tensor], Tensor] | None = None):
@@ -354,3 +364,10 @@ class WallTime:
     def __call__(self, state: Any) -> dict[str, float]:
         state = _flow_state(state, "WallTime", "elapsed")
         return {self.name: float(state.elapsed)}
+
+
+_DEPRECATED = {"MMDMonitor": ("MMD", MMD)}
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_module_attribute(__name__, name, _DEPRECATED)

@@ -5,7 +5,7 @@ import torch
 
 import flowkit as fk
 from flowkit.generators import WGANGP, ParametricKernelizedFlow
-from flowkit.generators.kernelized_flow import conjugate_gradient
+from flowkit.generators.kernelized_flow import cg_solve
 
 
 def _data(n=60, d=2):
@@ -27,7 +27,7 @@ def test_wgan_gp_stops_on_a_non_finite_generator_instead_of_recording():
     gan = WGANGP(y, hidden=8)
     _poison(gan.generator)
     with pytest.raises(fk.FlowDivergedError, match="non-finite"):
-        gan.train(1, monitors=[fk.monitors.MMDMonitor(y)])
+        gan.train(1, monitors=[fk.monitors.MMD(y)])
     gan = WGANGP(y, hidden=8)
     _poison(gan.generator)
     with pytest.raises(fk.FlowDivergedError, match="generator step 1"):
@@ -84,14 +84,14 @@ def test_kernelized_flow_stops_on_a_non_finite_generator():
 
 def test_conjugate_gradient_arguments():
     with pytest.raises(ValueError, match="max_iter"):
-        conjugate_gradient(lambda v: v, torch.ones(3), max_iter=0)
+        cg_solve(lambda v: v, torch.ones(3), max_iter=0)
     with pytest.raises(ValueError, match="tol"):
-        conjugate_gradient(lambda v: v, torch.ones(3), tol=-1.0)
+        cg_solve(lambda v: v, torch.ones(3), tol=-1.0)
     with pytest.raises(ValueError, match="b contains"):
-        conjugate_gradient(lambda v: v, torch.tensor([float("nan"), 1.0]))
+        cg_solve(lambda v: v, torch.tensor([float("nan"), 1.0]))
     with pytest.raises(ValueError, match="b must be a vector"):
-        conjugate_gradient(lambda v: v, torch.ones(2, 2))
-    s, it, res = conjugate_gradient(lambda v: 2 * v, torch.zeros(3))
+        cg_solve(lambda v: v, torch.ones(2, 2))
+    s, it, res = cg_solve(lambda v: 2 * v, torch.zeros(3))
     assert torch.equal(s, torch.zeros(3)) and it == 0 and float(res) == 0.0
 
 

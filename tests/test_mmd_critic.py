@@ -43,7 +43,7 @@ def test_algorithm_1_runs_with_the_mmd_critic(gen):
     critic = MMDCritic(dim=2, steps=10, seed=0, penalty_weight=1.0)
     obj = AdversarialObjective(critic, data)
     x0 = 0.3 * torch.randn(200, 2, generator=gen)
-    mon = fk.monitors.MMDMonitor(data, fk.kernels.Gaussian(0.5))
+    mon = fk.monitors.MMD(data, fk.kernels.Gaussian(0.5))
     res = fk.FunctionalGradientDescent(obj, 0.5, progress=False, monitors=[mon],
                                        monitor_every=15).run(x0, 15)
     assert res.history["MMD"][-1] < 0.8 * res.history["MMD"][0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowkit.monitors import W1, W2, GradNorm, MMDMonitor, ObjectiveValue, WallTime, wasserstein
+from flowkit.monitors import MMD, W1, W2, GradNorm, ObjectiveValue, WallTime, wasserstein
 
 
 def _clouds(n, m, seed=0):
@@ -14,7 +14,7 @@ def _clouds(n, m, seed=0):
     return torch.randn(n, 2, generator=g), 0.5 * torch.randn(m, 2, generator=g) + 1.0
 
 
-@pytest.mark.parametrize("monitor", [MMDMonitor, W1, W2])
+@pytest.mark.parametrize("monitor", [MMD, W1, W2])
 def test_non_finite_particles_are_an_error_not_a_number(monitor):
     x, y = _clouds(40, 30)
     x[2, 1] = float("nan")
@@ -22,7 +22,7 @@ def test_non_finite_particles_are_an_error_not_a_number(monitor):
         monitor(y)(x)
 
 
-@pytest.mark.parametrize("monitor", [MMDMonitor, W1, W2])
+@pytest.mark.parametrize("monitor", [MMD, W1, W2])
 def test_bad_particles_name_the_argument(monitor):
     _, y = _clouds(40, 30)
     with pytest.raises(ValueError, match="particles has event shape"):
@@ -69,7 +69,7 @@ def test_wasserstein_arguments():
     with pytest.raises(TypeError, match="transform"):
         W2(y, transform=3)
     with pytest.raises(TypeError, match="kernel"):
-        MMDMonitor(y, "gauss")
+        MMD(y, "gauss")
 
 
 def test_above_exact_max_the_same_quantity_is_estimated():

@@ -58,7 +58,7 @@ def test_unconverged_exact_solve_is_an_error_or_a_flag(gen):
 def test_mmd_monitor_and_transform(gen):
     y = torch.randn(40, 2, generator=gen)
     k = fk.kernels.Gaussian(1.0)
-    out = fk.monitors.MMDMonitor(y, k)(y.clone())
+    out = fk.monitors.MMD(y, k)(y.clone())
     assert out["MMD"] == pytest.approx(0.0, abs=1e-3)
     z = torch.atanh(torch.tanh(y) * 0.999)
     assert fk.monitors.W2(torch.tanh(y), transform=torch.tanh)(z)["W2"] < 1e-2

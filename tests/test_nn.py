@@ -28,3 +28,18 @@ def test_input_check_names_the_argument():
         net.check_input(torch.zeros(5, 2), "data")
     with pytest.raises(ValueError, match="activation"):
         fk.nn.MLP(2, activation="swish")
+
+
+def test_renamed_public_names_keep_deprecated_aliases():
+    from flowkit.generators import kernelized_flow
+    from flowkit.objectives import analytic
+
+    for module, old, new in [(fk.monitors, "MMDMonitor", "MMD"),
+                             (fk.objectives, "QuadraticPotential", "QuadraticObjective"),
+                             (analytic, "QuadraticPotential", "QuadraticObjective"),
+                             (kernelized_flow, "conjugate_gradient", "cg_solve")]:
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(module, old) is getattr(module, new)
+    with pytest.raises(AttributeError):
+        fk.monitors.NoSuchMonitor  # noqa: B018
+    assert fk.monitors.Monitor is not None

@@ -10,7 +10,7 @@ from flowkit.objectives import (
     EnergyDistance,
     InteractionEnergy,
     NoisyMMDFlow,
-    QuadraticPotential,
+    QuadraticObjective,
     SobolevDescent,
 )
 
@@ -24,7 +24,7 @@ def _objectives():
         "energy": EnergyDistance(y),
         "noisy": NoisyMMDFlow(y, noise_level=0.5),
         "sobolev": SobolevDescent(y, n_features=16),
-        "quadratic": QuadraticPotential(torch.eye(2)),
+        "quadratic": QuadraticObjective(torch.eye(2)),
         "interaction": InteractionEnergy(1.0, 0.5, torch.zeros(2)),
     }
 
@@ -116,13 +116,13 @@ def test_analytic_constructor_arguments():
     with pytest.raises(ValueError, match="center"):
         InteractionEnergy(center=torch.zeros(3)).value(torch.randn(4, 2))
     with pytest.raises(TypeError, match="A must"):
-        QuadraticPotential(np.eye(2))
+        QuadraticObjective(np.eye(2))
     with pytest.raises(ValueError, match="A contains"):
-        QuadraticPotential(torch.full((2, 2), float("nan")))
+        QuadraticObjective(torch.full((2, 2), float("nan")))
     with pytest.raises(ValueError, match="m contains"):
-        QuadraticPotential(torch.eye(2), torch.tensor([float("nan"), 0.0]))
+        QuadraticObjective(torch.eye(2), torch.tensor([float("nan"), 0.0]))
     with pytest.raises(TypeError, match="A must be a floating"):
-        QuadraticPotential(torch.eye(2, dtype=torch.long))
+        QuadraticObjective(torch.eye(2, dtype=torch.long))
 
 
 def test_validation_cost_is_one_place_per_call(monkeypatch):

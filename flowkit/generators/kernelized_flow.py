@@ -30,12 +30,14 @@ column by column and solves it densely (small ``P`` only, as a check);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
+from flowkit._compat import deprecated_module_attribute
 from flowkit.descent import FlowDivergedError
 from flowkit.kernels import Kernel, kernel_grad_sum, mmd2
 from flowkit.objectives.mmd import MMD
@@ -50,14 +52,18 @@ from flowkit.validation import (
     check_seed,
 )
 
-__all__ = ["ParametricKernelizedFlow", "conjugate_gradient"]
+__all__ = ["ParametricKernelizedFlow", "cg_solve"]
 
 SOLVERS = ("cg", "direct", "none")
 
 
-def conjugate_gradient(matvec, b: Tensor, *, max_iter: int = 50, tol: float = 1e-6
+def cg_solve(matvec: Callable[[Tensor], Tensor], b: Tensor, *, max_iter: int = 50, tol: float = 1e-6
                        ) -> tuple[Tensor, int, Tensor]:
     r"""Solve :math:`A s = b` for symmetric positive definite ``A`` given by ``matvec``.
+
+    The linear solve of conjugate gradients (not the optimizer
+    :class:`flowkit.games.ConjugateGradient`); the former name ``conjugate_gradient`` is a
+    deprecated alias.
 
     Hestenes & Stiefel (1952); stops when :math:`\|r\| \le` ``tol`` :math:`\|b\|`. Returns
     ``(s, iterations, relative residual)``; the residual check synchronises once per
@@ -273,7 +279,7 @@ class ParametricKernelizedFlow:
             gram = torch.stack([gram_matvec(e) for e in eye], 1)
             gram = 0.5 * (gram + gram.T)  # symmetric up to rounding
             return torch.linalg.solve(self.lam * eye + gram, grad), info
-        s, it, res = conjugate_gradient(lambda v: self.lam * v + gram_matvec(v), grad,
+        s, it, res = cg_solve(lambda v: self.lam * v + gram_matvec(v), grad,
                                         max_iter=self.cg_iters, tol=self.cg_tol)
         info.update(cg_iters=it, cg_residual=float(res))
         return s, info
@@ -305,3 +311,10 @@ class ParametricKernelizedFlow:
             if callback is not None:
                 callback(k, info)
         return history
+
+
+_DEPRECATED = {"conjugate_gradient": ("cg_solve", cg_solve)}
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_module_attribute(__name__, name, _DEPRECATED)

@@ -24,6 +24,7 @@ from flowkit._compat import MISSING, renamed_keyword
 from flowkit.critics.training import check_betas, make_adam
 from flowkit.critics.wgan_gp import WGANGPCritic, critic_values
 from flowkit.descent import FlowDivergedError
+from flowkit.monitors import Monitor
 from flowkit.nn import MLP
 from flowkit.validation import (
     as_generator,
@@ -34,8 +35,6 @@ from flowkit.validation import (
 )
 
 __all__ = ["WGANGP"]
-
-Monitor = Callable[[Tensor], dict[str, Any]]
 
 
 class _MLPGenerator(nn.Module):

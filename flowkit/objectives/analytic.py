@@ -7,9 +7,12 @@ its exact right-hand side.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from flowkit._compat import deprecated_module_attribute
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
 from flowkit.validation import (
@@ -20,7 +23,7 @@ from flowkit.validation import (
     check_positive,
 )
 
-__all__ = ["QuadraticPotential", "InteractionEnergy"]
+__all__ = ["QuadraticObjective", "InteractionEnergy"]
 
 
 def _check_vector_or_matrix(value: object, name: str) -> Tensor:
@@ -91,10 +94,12 @@ class _Quadratic(Potential):
         return (x - self.m) @ self.A + self.b
 
 
-class QuadraticPotential(_Validated):
+class QuadraticObjective(_Validated):
     r"""Potential energy :math:`\mathcal L(\mu) = \int \frac12 (x-m)^\top A (x-m)\, d\mu(x)`.
 
-    ``A`` symmetric positive semi-definite. The functional gradient is :math:`A(x - m)`,
+    An *objective* over measures (its first variation is the quadratic potential); the
+    former name ``QuadraticPotential`` is a deprecated alias. ``A`` symmetric positive
+    semi-definite. The functional gradient is :math:`A(x - m)`,
     the smoothness constant in :math:`L^2(\mu)` is :math:`L = \lambda_{\max}(A)`, the minimum
     :math:`\mathcal L_* = 0` is reached by any measure on :math:`m + \ker A`.
     """
@@ -186,3 +191,10 @@ class InteractionEnergy(_Validated):
         # (a/4) mean_ij ||x_i - x_j||^2 = (a/2) (mean ||x||^2 - ||xbar||^2)
         inter = 0.5 * self.attraction * (x.pow(2).sum(1).mean() - x.mean(0).pow(2).sum())
         return conf + inter
+
+
+_DEPRECATED = {"QuadraticPotential": ("QuadraticObjective", QuadraticObjective)}
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_module_attribute(__name__, name, _DEPRECATED)
