@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from typing import Any
 
-__all__ = ["MISSING", "renamed_keyword", "deprecated_module_attribute"]
+__all__ = ["MISSING", "renamed_keyword", "deprecated_module_attribute", "LegacyMapping"]
 
 
 class _Missing:
@@ -44,3 +45,33 @@ def deprecated_module_attribute(module: str, name: str, aliases: dict[str, tuple
                       f"use {module}.{new}", DeprecationWarning, stacklevel=3)
         return obj
     raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+class LegacyMapping(Mapping):
+    """Read-only dict-style access to a typed result, kept for one release.
+
+    A subclass defines :meth:`as_dict` (the dictionary the method used to return);
+    ``result[key]`` warns, iteration, ``len``, ``keys`` and ``items`` (what serialisers use)
+    do not.
+    """
+
+    def as_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn(f"{type(self).__name__}[{key!r}] is deprecated and will be removed in the "
+                      "next release; use the attributes (or .as_dict())", DeprecationWarning,
+                      stacklevel=2)
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    def items(self) -> ItemsView[str, Any]:
+        return self.as_dict().items()
+
+    def values(self) -> ValuesView[Any]:
+        return self.as_dict().values()

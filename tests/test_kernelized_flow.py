@@ -81,7 +81,10 @@ def test_training_reduces_mmd_and_plain_gd_is_available():
         flow = _flow(hidden=16, solver=solver, eta=0.5 if solver == "cg" else 5.0, lam=1e-3)
         flow.cg_iters = 10
         hist = flow.run(25)
-        assert hist["mmd2"][-1] < 0.5 * hist["mmd2"][0], solver
+        assert hist.mmd2[-1] < 0.5 * hist.mmd2[0], solver
+        assert len(hist.seconds) == 25 and hist.wall_time >= sum(hist.seconds)
+        with pytest.warns(DeprecationWarning, match="attributes"):
+            assert hist["mmd2"] == hist.mmd2
 
 
 def test_bad_arguments():

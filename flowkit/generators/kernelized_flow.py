@@ -30,14 +30,16 @@ column by column and solves it densely (small ``P`` only, as a check);
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
-from flowkit._compat import deprecated_module_attribute
+from flowkit._compat import LegacyMapping, deprecated_module_attribute
 from flowkit.descent import FlowDivergedError
 from flowkit.kernels import Kernel, kernel_grad_sum, mmd2
 from flowkit.objectives.mmd import MMD
@@ -52,7 +54,7 @@ from flowkit.validation import (
     check_seed,
 )
 
-__all__ = ["ParametricKernelizedFlow", "cg_solve"]
+__all__ = ["ParametricKernelizedFlow", "KernelizedFlowResult", "cg_solve"]
 
 SOLVERS = ("cg", "direct", "none")
 
@@ -299,19 +301,65 @@ class ParametricKernelizedFlow:
         self.steps_taken += 1
         return info
 
-    def run(self, n_steps: int, *, callback=None) -> dict[str, list]:
-        """``n_steps`` updates; ``callback(k, info)`` after each. Returns the per-step info."""
+    def run(self, n_steps: int, *,
+            callback: Callable[[int, dict[str, Any]], None] | None = None
+            ) -> KernelizedFlowResult:
+        """``n_steps`` updates; ``callback(k, info)`` after each (``info`` as :meth:`step`).
+
+        Returns the per-step metrics and timings; a step whose generated samples are
+        non-finite stops the run with :class:`flowkit.FlowDivergedError`.
+        """
         check_int(n_steps, "n_steps", 0)
-        history: dict[str, list] = {"step": [], "mmd2": [], "cg_iters": [], "cg_residual": []}
+        result = KernelizedFlowResult()
+        start = time.perf_counter()
         for k in range(n_steps):
-            info = self.step()
-            history["step"].append(k)
-            for key in ("mmd2", "cg_iters", "cg_residual"):
-                history[key].append(info[key])
+            t0 = time.perf_counter()
+            info = self.step()  # synchronises (CG's residual test, the float MMD^2)
+            result.seconds.append(time.perf_counter() - t0)
+            result.step.append(k)
+            result.mmd2.append(info["mmd2"])
+            result.cg_iters.append(info["cg_iters"])
+            result.cg_residual.append(info["cg_residual"])
             if callback is not None:
                 callback(k, info)
-        return history
+        result.wall_time = time.perf_counter() - start
+        return result
 
+
+@dataclass(eq=False)
+class KernelizedFlowResult(LegacyMapping):
+    r"""Per-step record of :meth:`ParametricKernelizedFlow.run`.
+
+    Attributes
+    ----------
+    step : list of int
+        Step index ``k`` (0-based).
+    mmd2 : list of float
+        :math:`\mathrm{MMD}^2` before the step, on that step's latent batch.
+    cg_iters : list of int
+        CG iterations of the step's solve (0 for ``solver="direct"`` or ``"none"``).
+    cg_residual : list of float
+        CG's final relative residual.
+    seconds : list of float
+        Wall time of each step (each one synchronises with the device).
+    wall_time : float
+        Seconds of the whole call, callbacks included.
+
+    ``result["mmd2"]``, the dictionary this method returned before, still works for one
+    release (deprecated); :meth:`as_dict` gives that dictionary.
+    """
+
+    step: list[int] = field(default_factory=list)
+    mmd2: list[float] = field(default_factory=list)
+    cg_iters: list[int] = field(default_factory=list)
+    cg_residual: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+
+    def as_dict(self) -> dict[str, list]:
+        """``{"step", "mmd2", "cg_iters", "cg_residual"}``, the former return value."""
+        return {"step": self.step, "mmd2": self.mmd2, "cg_iters": self.cg_iters,
+                "cg_residual": self.cg_residual}
 
 _DEPRECATED = {"conjugate_gradient": ("cg_solve", cg_solve)}
 

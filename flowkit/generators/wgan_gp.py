@@ -14,13 +14,15 @@ Algorithm 1 fits, so both methods can be compared at equal numbers of critic ste
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from flowkit._compat import MISSING, renamed_keyword
+from flowkit._compat import MISSING, LegacyMapping, renamed_keyword
 from flowkit.critics.training import check_betas, make_adam
 from flowkit.critics.wgan_gp import WGANGPCritic, critic_values
 from flowkit.descent import FlowDivergedError
@@ -34,7 +36,7 @@ from flowkit.validation import (
     check_positive,
 )
 
-__all__ = ["WGANGP"]
+__all__ = ["WGANGP", "WGANGPResult"]
 
 
 class _MLPGenerator(nn.Module):
@@ -85,9 +87,9 @@ class WGANGP:
     >>> import torch, flowkit as fk
     >>> data = 0.5 * torch.randn(200, 2)
     >>> gan = fk.generators.WGANGP(data, hidden=32, seed=0)
-    >>> history = gan.train(4)
-    >>> gan.critic_steps, gan.generator_steps, gan.sample(7).shape
-    (20, 4, torch.Size([7, 2]))
+    >>> result = gan.train(4)
+    >>> result.critic_steps, gan.generator_steps, gan.sample(7).shape
+    ([0, 20], 4, torch.Size([7, 2]))
     """
 
     def __init__(self, data: Tensor, critic: WGANGPCritic | None = None,
@@ -200,7 +202,7 @@ class WGANGP:
 
     def train(self, generator_steps: int, *, monitors: Sequence[Monitor] = (),
               monitor_every: int = 10, eval_latents: Tensor | None = None,
-              progress: bool = False) -> dict[str, list[Any]]:
+              progress: bool = False) -> WGANGPResult:
         """Run ``generator_steps`` iterations; monitor generated samples along the way.
 
         Parameters
@@ -216,8 +218,10 @@ class WGANGP:
 
         Returns
         -------
-        dict
-            ``"generator_steps"``, ``"critic_steps"`` and one list per monitored quantity.
+        WGANGPResult
+            Steps, critic steps, elapsed seconds and monitored values at each monitored
+            iteration. Training stops with :class:`flowkit.FlowDivergedError` at the first
+            monitored iteration after the generator loss or samples became non-finite.
         """
         from tqdm.auto import tqdm
 
@@ -227,17 +231,20 @@ class WGANGP:
             eval_latents = self.latents(500)
         elif eval_latents is not None:
             self._check_latents(eval_latents, "eval_latents")
-        history: dict[str, list[Any]] = {"generator_steps": [], "critic_steps": []}
+        result = WGANGPResult()
+        start = time.perf_counter()
 
         def record() -> None:
-            history["generator_steps"].append(self.generator_steps)
-            history["critic_steps"].append(self.critic_steps)
             samples = self.sample(eval_latents) if monitors else None
-            self._raise_if_diverged(samples)
-            if monitors:
-                for monitor in monitors:
-                    for name, value in monitor(samples).items():
-                        history.setdefault(name, []).append(value)
+            self._raise_if_diverged(samples)  # synchronises: the elapsed time is honest
+            result.generator_steps.append(self.generator_steps)
+            result.critic_steps.append(self.critic_steps)
+            result.elapsed.append(time.perf_counter() - start)
+            for monitor in monitors:
+                for name, value in monitor(samples).items():
+                    # a quantity that appears late is padded, so every list aligns with steps
+                    result.metrics.setdefault(
+                        name, [None] * (len(result.generator_steps) - 1)).append(value)
 
         record()
         for i in tqdm(range(1, generator_steps + 1), disable=not progress, desc="wgan-gp",
@@ -245,4 +252,37 @@ class WGANGP:
             self.step()
             if i % monitor_every == 0 or i == generator_steps:
                 record()
-        return history
+        result.wall_time = time.perf_counter() - start
+        return result
+
+
+@dataclass(eq=False)
+class WGANGPResult(LegacyMapping):
+    """What :meth:`WGANGP.train` measured, one entry per monitored iteration.
+
+    Attributes
+    ----------
+    generator_steps, critic_steps : list of int
+        Generator and critic (Adam) steps taken at each monitored iteration.
+    elapsed : list of float
+        Seconds since :meth:`WGANGP.train` started, at each monitored iteration (measured
+        after the divergence check, which waits for the device).
+    metrics : dict of str to list
+        One list per monitored quantity (e.g. ``"W2"``, ``"W2_method"``).
+    wall_time : float
+        Seconds of the whole call.
+
+    ``result["W2"]``, the dictionary this method returned before, still works for one
+    release (deprecated); :meth:`as_dict` gives that dictionary.
+    """
+
+    generator_steps: list[int] = field(default_factory=list)
+    critic_steps: list[int] = field(default_factory=list)
+    elapsed: list[float] = field(default_factory=list)
+    metrics: dict[str, list[Any]] = field(default_factory=dict)
+    wall_time: float = 0.0
+
+    def as_dict(self) -> dict[str, list[Any]]:
+        """``{"generator_steps": ..., "critic_steps": ..., **metrics}``."""
+        return {"generator_steps": self.generator_steps, "critic_steps": self.critic_steps,
+                **self.metrics}
