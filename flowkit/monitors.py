@@ -22,6 +22,7 @@ from torch import Tensor
 from flowkit._compat import deprecated_module_attribute
 from flowkit.kernels import Gaussian, Kernel, mmd2
 from flowkit.validation import (
+    as_generator,
     check_choice,
     check_compatible,
     check_finite,
@@ -176,7 +177,7 @@ def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max:
         # every subsample is the whole cloud: one solve is the r identical ones
         return WassersteinEstimate(value, p, f"subsample({max(n, m)}x{n_repeats})",
                                    converged, "subsample", 0.0)
-    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    g = as_generator(seed, "cpu")
     values, converged = [], True
     for _ in range(n_repeats):
         ix = torch.randperm(n, generator=g, device=g.device)[:exact_max].cpu().numpy()

@@ -32,7 +32,7 @@ from torch import Tensor
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential
-from flowkit.validation import check_int, check_number, check_seed
+from flowkit.validation import as_generator, check_int, check_number, check_seed
 
 __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 
@@ -120,12 +120,9 @@ class NoisyMMDFlow(MMD):
                          backend=backend)
         if callable(noise_level):
             self.schedule = noise_level
-        elif isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) \
-                or not noise_level >= 0:
-            raise ValueError(f"noise_level must be a number >= 0 or a schedule k -> beta_k, "
-                             f"got {noise_level!r}")
-        else:
-            self.schedule = _Constant(float(noise_level), None)
+        else:  # a constant beta >= 0 (a number; schedules are callables)
+            self.schedule = _Constant(check_number(noise_level, "noise_level", minimum=0.0),
+                                      None)
         self._seed = check_seed(seed)
         self.generator: torch.Generator | None = seed if isinstance(seed, torch.Generator) \
             else None
@@ -148,7 +145,7 @@ class NoisyMMDFlow(MMD):
 
     def _noisy(self, x: Tensor) -> NoisyPotential:
         if self.generator is None:
-            self.generator = torch.Generator(device=x.device).manual_seed(self._seed)
+            self.generator = as_generator(self._seed, x.device)
         witness: KernelWitness = self._witness(x)
         return NoisyPotential(witness, self.noise(self.step), self.generator)
 

@@ -36,12 +36,12 @@ from flowkit._compat import MISSING, renamed_keyword
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
 from flowkit.validation import (
+    as_generator,
     check_compatible,
     check_finite,
     check_int,
     check_particles,
     check_positive,
-    check_seed,
 )
 
 __all__ = ["RandomFourierFeatures", "SobolevDescent", "SobolevCritic"]
@@ -65,8 +65,7 @@ class RandomFourierFeatures(nn.Module):
         check_int(dim, "dim")
         check_int(n_features, "n_features")
         self.bandwidth = check_positive(bandwidth, "bandwidth")
-        seed = check_seed(seed)
-        g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        g = as_generator(seed, "cpu")  # drawn on the CPU in float64, then moved
         w = torch.randn(n_features, dim, generator=g, dtype=torch.float64) / self.bandwidth
         b = 2 * math.pi * torch.rand(n_features, generator=g, dtype=torch.float64)
         self.register_buffer("W", w.to(device=device, dtype=dtype))
