@@ -11,7 +11,7 @@ critic's kernel is :math:`k_\theta(x, y) = k(\Phi_\theta(x), \Phi_\theta(y))`. G
 
 and the features are trained to maximise the MMD minus a gradient penalty on the witness
 (Bińkowski et al. 2018; the gradient-regularised critic that Mroueh & Nguyen's
-flow mimics, digest 2.1-2.2):
+flow mimics [MN21]):
 
 .. math::
     \max_\theta\; \mathrm{MMD}^2_{k_\theta}(p_b, q_b)
@@ -20,8 +20,8 @@ flow mimics, digest 2.1-2.2):
 with minibatches :math:`p_b, q_b`, penalty points :math:`\tilde x` and penalty :math:`R`
 from :mod:`flowkit.critics.penalties` (two-sided by default, as Bińkowski et al.).
 :meth:`MMDCritic.fit` returns the frozen witness as the potential :math:`\psi = -f_\theta`
-(sign convention of ``DESIGN.md``), evaluated against the *whole* particle pool and data,
-so Algorithm 1 (:class:`flowkit.objectives.AdversarialObjective`) runs with it unchanged.
+(flowkit's sign convention: a layer moves particles along :math:`-\nabla\psi`),
+evaluated against the *whole* particle pool and data, so Algorithm 1 (:class:`flowkit.objectives.AdversarialObjective`) runs with it unchanged.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Nitanda & Suzuki (2018), Algorithm 1, inner loop: starting from the previous par
 with :math:`x_i` data, :math:`z_i` current generated samples, :math:`\tilde x_i` penalty
 points (:mod:`flowkit.critics.penalties`) and :math:`\mathcal A` one Adam step. The fitted
 critic is then frozen as the potential :math:`\psi_{k+1} = -f_{\tau_{k+1}}` of the next
-gradient layer (sign convention of ``DESIGN.md``).
+gradient layer (flowkit's sign convention: a layer moves particles along
+:math:`-\nabla\psi`).
 """
 
 from __future__ import annotations

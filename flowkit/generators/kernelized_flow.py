@@ -1,9 +1,9 @@
-r"""The parametric kernelized MMD flow of a generator (digest 2.2, a *reconstruction*).
+r"""The parametric kernelized MMD flow of a generator ([MN21], a *reconstruction*).
 
-Mroueh & Nguyen (AISTATS 2021) describe a "parametric kernelized gradient flow" that mimics
-gradient-regularised MMD GAN training; only their abstract was retrievable, so this module
-implements the reconstruction of ``shared/papers/digest.md`` section 2.2, *as written
-there*, not a verified transcription of the paper. For a generator :math:`g_\theta` with
+Mroueh & Nguyen (AISTATS 2021) [MN21] describe a "parametric kernelized gradient flow" that
+mimics gradient-regularised MMD GAN training; only their abstract was retrievable, so this
+module implements a reconstruction from that abstract and the Sobolev-descent lineage
+[MrouehEtAl19], not a verified transcription of the paper. For a generator :math:`g_\theta` with
 latent :math:`z` and the operator :math:`B_\theta: \mathbb R^P \to \mathcal H`,
 :math:`B_\theta v = \mathbb E_z[\nabla_1 k(g_\theta(z), \cdot)^\top J_\theta(z) v]`, the
 update is the natural-gradient step
@@ -15,7 +15,8 @@ update is the natural-gradient step
     (G_\theta)_{ij} = \mathbb E_{z,z'}\big[\partial_{\theta_i} g(z)^\top
         \nabla_1\nabla_2 k(g(z), g(z'))\, \partial_{\theta_j} g(z')\big]
 
-(digest 2.2, choice A). Because :math:`\lambda I + G_\theta \succ 0`, it always descends:
+(the natural-gradient reading of [MN21]'s abstract). Because
+:math:`\lambda I + G_\theta \succ 0`, it always descends:
 :math:`\frac{d}{dt}\frac12\mathrm{MMD}^2 = -\nabla^\top(\lambda I + G_\theta)^{-1}\nabla \le 0`.
 
 The solve never forms a ``P x P`` matrix: conjugate gradients run on the matrix-vector

@@ -2,7 +2,8 @@ r"""MMD gradient flow with noise injection (Arbel, Korba, Salim & Gretton 2019, 
 
 The plain Euler scheme of the MMD flow can stall in a configuration where the witness'
 gradient vanishes at every particle although the measures differ. Arbel et al. evaluate
-the witness gradient at *noisy* positions (their noise-injection scheme, digest 2.3):
+the witness gradient at *noisy* positions (their noise-injection scheme, sec. 4
+[ArbelKorbaSalimGretton19]):
 
 .. math::
     X_{n+1}^i = X_n^i - \gamma\, \nabla f_{\mu, \nu_n}\big(X_n^i + \beta_n U_n^i\big),
@@ -11,7 +12,8 @@ the witness gradient at *noisy* positions (their noise-injection scheme, digest 
 with :math:`F = \frac12\mathrm{MMD}^2` and witness
 :math:`f_{\mu,\nu}(z) = \int k(x, z)\,d\nu(x) - \int k(x,z)\,d\mu(x)`. Under
 :math:`8\lambda^2\beta_n^2 F(\nu_n) \le D_{\beta_n}(\nu_n)` each step decreases ``F``, and
-with :math:`\sum_n \beta_n^2 = \infty` it converges to the global minimum (digest 2.3).
+with :math:`\sum_n \beta_n^2 = \infty` it converges to the global minimum (ibid., the
+noise-injection proposition).
 
 flowkit's :class:`NoisyMMDFlow` is an objective wrapper, so the unchanged engine runs it:
 its first variation is the MMD witness (:class:`flowkit.objectives.KernelWitness`, which
@@ -39,7 +41,7 @@ __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 
 def arbel_schedule(level: float = 10.0, until: int = 5000) -> Callable[[int], float]:
     r"""The schedule of Arbel et al.'s Gaussian experiment: :math:`\beta_n = ` ``level`` for
-    ``n < until``, then 0 (digest 2.3)."""
+    ``n < until``, then 0 (their Gaussian experiment [ArbelKorbaSalimGretton19])."""
     return _Constant(check_number(level, "level", minimum=0.0), check_int(until, "until", 0))
 
 

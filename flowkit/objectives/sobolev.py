@@ -1,4 +1,4 @@
-r"""Sobolev descent with finite features (Mroueh, Sercu & Raj 2019; digest 2.4).
+r"""Sobolev descent with finite features (Mroueh, Sercu & Raj 2019 [MrouehEtAl19]).
 
 For features :math:`\Phi: \mathbb R^d \to \mathbb R^m` and critics :math:`u = a^\top\Phi`,
 the gradient-regularised critic between the target :math:`p` and the particles :math:`q`
@@ -16,7 +16,7 @@ potential is :math:`\psi = -u^*`, so :class:`FunctionalGradientDescent` with ste
 
 Sobolev descent is a *preconditioned* descent of the feature MMD
 :math:`\frac12\|\mathbb E_p\Phi - \mathbb E_q\Phi\|^2` (the MMD decreases along the
-continuous flow; Mroueh et al. 2019, digest 2.4): its direction is not the :math:`L^2(\mu)`
+continuous flow; Mroueh et al. 2019 [MrouehEtAl19]): its direction is not the :math:`L^2(\mu)`
 gradient of that value, so :class:`SobolevDescent` defines no ``value`` (monitor
 :meth:`SobolevDescent.feature_mmd2` or an :class:`flowkit.monitors.MMDMonitor`). The
 linear solve costs :math:`O(m^3)` per step, the price Arbel et al. (2019) point out
