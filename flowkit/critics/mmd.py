@@ -21,7 +21,8 @@ with minibatches :math:`p_b, q_b`, penalty points :math:`\tilde x` and penalty :
 from :mod:`flowkit.critics.penalties` (two-sided by default, as Bińkowski et al.).
 :meth:`MMDCritic.fit` returns the frozen witness as the potential :math:`\psi = -f_\theta`
 (flowkit's sign convention: a layer moves particles along :math:`-\nabla\psi`),
-evaluated against the *whole* particle pool and data, so Algorithm 1 (:class:`flowkit.objectives.AdversarialObjective`) runs with it unchanged.
+evaluated against the *whole* particle pool and data, so Algorithm 1
+(:class:`flowkit.objectives.AdversarialObjective`) runs with it unchanged.
 """
 
 from __future__ import annotations
