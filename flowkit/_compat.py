@@ -42,7 +42,8 @@ def deprecated_module_attribute(module: str, name: str, aliases: dict[str, tuple
     if name in aliases:
         new, obj = aliases[name]
         warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release; "
-                      f"use {module}.{new}", DeprecationWarning, stacklevel=3)
+                      f"use {new if '.' in new else f'{module}.{new}'}", DeprecationWarning,
+                      stacklevel=3)
         return obj
     raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
