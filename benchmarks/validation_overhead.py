@@ -29,15 +29,19 @@ import flowkit as fk
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _median_seconds(fn, repeats: int, inner: int) -> float:
-    fn()  # warm-up
-    times = []
+def _interleaved_medians(fns: dict, repeats: int, inner: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin so that the load of a
+    shared machine drifts over all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - t0) / inner)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -65,12 +69,12 @@ def main() -> None:
         obj.functional_gradient(x)
         sync()
 
-    rows = {
-        "validate (full)": _median_seconds(lambda: obj.validate(x), args.repeats, args.inner),
-        "witness gradient, unchecked": _median_seconds(unchecked, args.repeats, args.inner),
-        "first_variation(x).grad(x)": _median_seconds(engine_step, args.repeats, args.inner),
-        "functional_gradient(x)": _median_seconds(full, args.repeats, args.inner),
-    }
+    rows = _interleaved_medians({
+        "validate (full)": lambda: obj.validate(x),
+        "witness gradient, unchecked": unchecked,
+        "first_variation(x).grad(x)": engine_step,
+        "functional_gradient(x)": full,
+    }, args.repeats, args.inner)
     base = rows["witness gradient, unchecked"]
     print(f"MMD, N = M = {args.n}, d = 2, {x.device} {x.dtype}, "
           f"{torch.get_num_threads()} threads")
