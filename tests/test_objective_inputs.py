@@ -150,3 +150,20 @@ def test_first_variation_leaves_finiteness_to_the_engine(name):
     assert not bool(torch.isfinite(psi.grad(torch.zeros(3, 2))).all()) or name == "quadratic"
     with pytest.raises(ValueError, match="non-finite"):
         fk.FunctionalGradientDescent(obj, 0.1, progress=False).run(x, 2)
+
+
+def test_potentials_name_points_of_the_wrong_space():
+    x = torch.randn(10, 2)
+    potentials = {name: obj.first_variation(x) for name, obj in _objectives().items()}
+    critic = fk.critics.WGANGPCritic(hidden=8, steps=1)
+    potentials["wgan-gp critic"] = critic.fit(x, x + 1.0)
+    potentials["mmd critic"] = fk.critics.MMDCritic(hidden=8, steps=1).fit(x, x + 1.0)
+    for name, psi in potentials.items():
+        for method in (psi.forward, psi.grad):
+            if name == "interaction":  # its potential is a quadratic in any dimension d
+                continue
+            with pytest.raises(ValueError, match="shape|entries") as info:
+                method(torch.randn(3, 3))
+            assert "z" in str(info.value) or "x" in str(info.value), name
+            with pytest.raises(TypeError, match="torch.Tensor"):
+                method(np.zeros((3, 2)))

@@ -11,7 +11,15 @@ from flowkit.nn import MLP
 from flowkit.potential import Potential
 from flowkit.validation import check_particles
 
-__all__ = ["Critic"]
+__all__ = ["Critic", "check_network_input"]
+
+
+def check_network_input(net: object, z: object, name: str = "z") -> None:
+    """Points a critic network can read: a floating tensor ``(B, *event)`` whose events fit
+    the network's input (checked for :class:`flowkit.nn.MLP`); metadata only."""
+    check_particles(z, name, finite=False)
+    if isinstance(net, MLP):
+        net.check_input(z, name)
 
 
 class Critic(CriticTrainingState, abc.ABC):

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit._compat import MISSING, renamed_keyword
-from flowkit.critics.base import Critic
+from flowkit.critics.base import Critic, check_network_input
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Gaussian, Kernel, kernel_sum, mmd2
 from flowkit.nn import MLP
@@ -65,7 +65,12 @@ class MMDWitnessPotential(Potential):
                                                    feat_data.new_full((m,), -1.0 / m)]))
         self.memory_budget = memory_budget
 
+    def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        check_network_input(self.features, z)  # before autograd touches it
+        return super().grad(z, create_graph=create_graph)
+
     def forward(self, z: Tensor) -> Tensor:
+        check_network_input(self.features, z)
         return kernel_sum(self.features(z), self.points, self.kernel, self.weights,
                           memory_budget=self.memory_budget)
 

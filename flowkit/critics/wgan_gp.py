@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit._compat import MISSING, renamed_keyword
-from flowkit.critics.base import Critic
+from flowkit.critics.base import Critic, check_network_input
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
 from flowkit.nn import MLP
 from flowkit.potential import Potential
@@ -58,7 +58,12 @@ class CriticPotential(Potential):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
+        check_network_input(self.net, x, "x")
         return -critic_values(self.net, x)
+
+    def grad(self, x: Tensor, *, create_graph: bool = False) -> Tensor:
+        check_network_input(self.net, x, "x")  # before autograd touches it
+        return super().grad(x, create_graph=create_graph)
 
 
 class WGANGPCritic(Critic):

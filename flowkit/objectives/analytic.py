@@ -86,11 +86,17 @@ class _Quadratic(Potential):
         self.register_buffer("b", torch.zeros_like(m) if b is None else b)
         self.lipschitz_grad = lipschitz
 
+    def _check(self, x: Tensor) -> None:
+        _check_points(x, self.A.shape[0], f"A of shape {tuple(self.A.shape)}", False)
+        check_compatible(x, self.A, "x", "A")
+
     def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
         d = x - self.m
         return 0.5 * ((d @ self.A) * d).sum(1) + x @ self.b
 
     def grad(self, x: Tensor, *, create_graph: bool = False) -> Tensor:
+        self._check(x)
         return (x - self.m) @ self.A + self.b
 
 

@@ -58,11 +58,18 @@ class KernelWitness(Potential):
                     "backend": _check_backend(backend)}
         self.lipschitz_grad = 2.0 * abs(self.scale) * kernel.hessian_bound()
 
+    def _check(self, z: Tensor) -> None:
+        # metadata only (no device synchronisation): the engine evaluates this every step
+        check_particles(z, "z", finite=False)
+        check_compatible(z, self.particles, "z", "particles")
+
     def forward(self, z: Tensor) -> Tensor:
+        self._check(z)
         points, weights = _signed_stack(self.particles, self.target, self.scale, -self.scale)
         return kernel_sum(z, points, self.kernel, weights, **self._kw)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        self._check(z)
         # torch ops throughout (the native path steps aside when z requires grad), so the
         # result is differentiable in z whenever z carries a graph
         points, weights = _signed_stack(self.particles, self.target, self.scale, -self.scale)

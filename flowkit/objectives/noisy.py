@@ -34,7 +34,13 @@ from torch import Tensor
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential
-from flowkit.validation import as_generator, check_int, check_number, check_seed
+from flowkit.validation import (
+    as_generator,
+    check_int,
+    check_number,
+    check_particles,
+    check_seed,
+)
 
 __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 
@@ -73,6 +79,7 @@ class NoisyPotential(Potential):
         return self.base(z)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        check_particles(z, "z", finite=False)  # before the noise is drawn (the base checks more)
         if self.beta == 0.0:
             return self.base.grad(z, create_graph=create_graph)
         u = torch.randn(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)

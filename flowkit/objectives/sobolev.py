@@ -88,10 +88,21 @@ class SobolevCritic(Potential):
         self.features = features
         self.register_buffer("a", a)
 
+    def _check(self, z: Tensor) -> None:
+        check_particles(z, "z", finite=False)
+        if isinstance(self.features, RandomFourierFeatures):
+            width = self.features.W.shape[1]
+            if z[0].numel() != width:
+                raise ValueError(f"z has events of shape {tuple(z.shape[1:])} but the features "
+                                 f"take {width} entries per event")
+            check_compatible(z.flatten(1), self.features.W, "z", "the features")
+
     def forward(self, z: Tensor) -> Tensor:
+        self._check(z)
         return -(self.features(z) @ self.a)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        self._check(z)
         if isinstance(self.features, RandomFourierFeatures):
             # grad u = sum_k a_k grad Phi_k = -(S diag(a)) W
             g = (self.features.sines(z) * self.a) @ self.features.W
