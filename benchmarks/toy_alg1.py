@@ -58,7 +58,7 @@ def critic_step_time(hidden: int, steps: int, explicit: bool = True, threads: in
     try:
         data = _data()
         pool = 0.5 * torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
-        net = fk.critics.MLP(2, None, hidden, 4, generator=torch.Generator().manual_seed(0))
+        net = fk.nn.MLP(2, None, hidden, 4, generator=torch.Generator().manual_seed(0))
         critic = fk.critics.WGANGPCritic(net=net if explicit else _PlainModule(net),
                                          steps=steps, seed=0)
         critic.train(pool, data, 10)

@@ -12,15 +12,24 @@ import math
 import torch
 from torch import Tensor
 
-from flowkit.validation import check_int
+from flowkit.validation import as_generator, check_int, check_number
 
 __all__ = ["eight_gaussians", "twenty_five_gaussians", "swiss_roll", "digits", "DATASETS"]
 
 
 def _generator(seed: int | torch.Generator) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    return torch.Generator().manual_seed(int(seed))
+    return as_generator(seed, "cpu")  # the points are drawn on the CPU, then moved
+
+
+def _check_output(dtype: object, device: object) -> None:
+    """A floating dtype and a device torch knows (checked before anything is drawn)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device ('cpu', 'cuda', ...), got "
+                         f"{device!r}") from err
 
 
 def eight_gaussians(n: int = 500, seed: int | torch.Generator = 0, *, radius: float = math.sqrt(2),
@@ -28,6 +37,9 @@ def eight_gaussians(n: int = 500, seed: int | torch.Generator = 0, *, radius: fl
                     device: str | torch.device = "cpu") -> Tensor:
     """``n`` points from 8 Gaussians with centres evenly spaced on a circle, shape ``(n, 2)``."""
     check_int(n, "n")
+    check_number(radius, "radius", minimum=0.0, strict_minimum=True)
+    check_number(std, "std", minimum=0.0)
+    _check_output(dtype, device)
     g = _generator(seed)
     angles = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
     centers = radius * torch.stack([angles.cos(), angles.sin()], 1)
@@ -42,6 +54,9 @@ def twenty_five_gaussians(n: int = 1000, seed: int | torch.Generator = 0, *,
                           device: str | torch.device = "cpu") -> Tensor:
     """``n`` points from 25 Gaussians on a 5 x 5 grid, shape ``(n, 2)``."""
     check_int(n, "n")
+    check_number(half_width, "half_width", minimum=0.0, strict_minimum=True)
+    check_number(std, "std", minimum=0.0)
+    _check_output(dtype, device)
     g = _generator(seed)
     ticks = torch.linspace(-half_width, half_width, 5, dtype=torch.float64)
     centers = torch.cartesian_prod(ticks, ticks)
@@ -56,6 +71,9 @@ def swiss_roll(n: int = 500, seed: int | torch.Generator = 0, *, noise: float = 
     """``n`` points of the 2-D swiss roll ``t (cos t, sin t)``, ``t ~ U[1.5 pi, 4.5 pi]``,
     with Gaussian noise, divided by ``scale`` (shape ``(n, 2)``)."""
     check_int(n, "n")
+    check_number(noise, "noise", minimum=0.0)
+    check_number(scale, "scale", minimum=0.0, strict_minimum=True)
+    _check_output(dtype, device)
     g = _generator(seed)
     t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
     x = torch.stack([t * t.cos(), t * t.sin()], 1) + noise * torch.randn(
@@ -67,16 +85,21 @@ def digits(n: int | None = None, seed: int | torch.Generator = 0, *,
            dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Tensor:
     """scikit-learn's bundled 8 x 8 digits scaled to [-1, 1], shape ``(n, 1, 8, 8)``.
 
-    Needs scikit-learn (not a dependency of flowkit); ``n`` draws a seeded subset.
+    Needs scikit-learn (not a dependency of flowkit); ``n`` draws a seeded subset of the
+    1797 images (without replacement, so ``n <= 1797``).
     """
+    if n is not None:
+        check_int(n, "n")
+    g = _generator(seed)
+    _check_output(dtype, device)
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("digits() needs scikit-learn: pip install scikit-learn") from err
     images = torch.as_tensor(load_digits().images, dtype=torch.float64) / 8.0 - 1.0
     if n is not None:
-        check_int(n, "n")
-        idx = torch.randperm(len(images), generator=_generator(seed))[:n]
+        check_int(n, "n", maximum=len(images))
+        idx = torch.randperm(len(images), generator=g)[:n]
         images = images[idx]
     return images[:, None].to(device=device, dtype=dtype)
 

@@ -2,14 +2,14 @@ r"""Monitors: what a run records at its monitored steps.
 
 A monitor is a callable ``state -> {name: value}`` (``state`` a
 :class:`flowkit.descent.FlowState`, or simply a tensor of particles). Wasserstein
-distances go through POT (Flamary et al. 2021): the exact network simplex ``ot.emd2`` up to a
-size limit, a sliced estimate above it, and the result always says which one it is.
+distances go through POT (Flamary et al. 2021 [FlamaryEtAl21]): the exact network simplex
+``ot.emd2`` up to a size limit, exact solves between random subsamples above it (the same
+quantity), the sliced distance only when asked, and the result always says which one it is.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +19,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowkit._compat import deprecated_module_attribute
 from flowkit.kernels import Gaussian, Kernel, mmd2
-from flowkit.validation import check_compatible, check_particles
+from flowkit.validation import (
+    as_generator,
+    check_choice,
+    check_compatible,
+    check_finite,
+    check_int,
+    check_particles,
+    check_seed,
+)
 
 __all__ = [
     "WassersteinEstimate",
@@ -28,13 +37,19 @@ __all__ = [
     "wasserstein",
     "W1",
     "W2",
-    "MMDMonitor",
+    "MMD",
+    "Monitor",
     "ObjectiveValue",
     "GradNorm",
     "WallTime",
 ]
 
+#: A monitor: ``state -> {name: value}``, with ``state`` a :class:`flowkit.FlowState` (what
+#: the engine passes) or a tensor of particles (what the parameter-space trainers pass).
+Monitor = Callable[[Any], dict[str, Any]]
+
 EXACT_MAX = 4096  # above this many points on either side, exact EMD takes many seconds
+ESTIMATORS = ("auto", "exact", "subsample", "sliced")
 
 
 class OTSolverError(RuntimeError):
@@ -45,51 +60,148 @@ class OTSolverError(RuntimeError):
 class WassersteinEstimate:
     """A Wasserstein distance with how it was obtained.
 
-    ``method`` is ``"exact"`` (network simplex) or ``"sliced(K)"`` (the sliced distance
-    with ``K`` random projections, a lower bound of W_p). ``converged`` is ``False`` only
-    for an exact solve that hit its iteration limit (with ``on_failure="flag"``).
+    ``estimator`` is ``"exact"`` (network simplex on all points), ``"subsample"`` (exact
+    solves between random subsamples of both clouds, averaged: the same quantity, slightly
+    biased upward) or ``"sliced"`` (the sliced distance, a *different*, smaller quantity, a
+    lower bound of W_p). ``method`` adds the sizes: ``"exact"``, ``"subsample(Kxr)"`` (``r``
+    solves on ``K`` points), ``"sliced(K)"`` (``K`` projections). ``spread`` is the
+    standard deviation over the subsample solves (0 for an exact value, ``None`` for the
+    sliced one). ``converged`` is ``False`` only when an exact solve hit its iteration
+    limit (with ``on_failure="flag"``).
     """
 
     value: float
     p: int
     method: str
     converged: bool = True
+    estimator: str = "exact"
+    spread: float | None = 0.0
 
 
 def _as_numpy64(x: Tensor) -> np.ndarray:
     return x.detach().flatten(1).to("cpu", torch.float64).numpy()
 
 
-def wasserstein(x: Tensor, y: Tensor, p: int = 2, *, exact_max: int = EXACT_MAX,
-                n_projections: int = 500, seed: int = 0, num_iter_max: int | None = None,
+def _check_options(p: object, estimator: object, exact_max: object, n_repeats: object,
+                   n_projections: object, seed: object, num_iter_max: object,
+                   on_failure: object) -> int:
+    """Check :func:`wasserstein`'s options (also at a monitor's construction); ``p``."""
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    check_choice(estimator, "estimator", ESTIMATORS)
+    check_int(exact_max, "exact_max")
+    check_int(n_repeats, "n_repeats")
+    check_int(n_projections, "n_projections")
+    check_seed(seed)
+    if num_iter_max is not None:
+        check_int(num_iter_max, "num_iter_max")
+    check_choice(on_failure, "on_failure", ("raise", "flag"))
+    return int(p)
+
+
+def wasserstein(x: Tensor, y: Tensor, p: int = 2, *, estimator: str = "auto",
+                exact_max: int = EXACT_MAX, n_repeats: int = 3, n_projections: int = 500,
+                seed: int | torch.Generator = 0, num_iter_max: int | None = None,
                 on_failure: str = "raise") -> WassersteinEstimate:
     r"""Wasserstein-``p`` distance between the uniform empirical measures of ``x`` and ``y``.
 
-    Exact (``ot.emd2`` in float64 on the cost :math:`\|x-y\|^p`, then the ``p``-th root) when
-    both samples have at most ``exact_max`` points; otherwise the sliced Wasserstein distance
-    (``ot.sliced_wasserstein_distance``), which the result labels.
+    Parameters
+    ----------
+    x, y : Tensor
+        Samples ``(N, *event)`` and ``(M, *event)``, finite.
+    p : {1, 2}
+        The order; the cost is :math:`\|x-y\|^p` and the result its ``p``-th root.
+    estimator : {"auto", "exact", "subsample", "sliced"}
+        ``"exact"``: ``ot.emd2`` in float64 on all points. ``"subsample"``: the mean of
+        ``n_repeats`` exact solves between random subsamples (without replacement) of at
+        most ``exact_max`` points of each cloud, with their standard deviation as
+        ``spread``; it estimates the same W_p, with an upward bias of at most
+        :math:`W_p(\hat x, x) + W_p(\hat y, y)` (triangle inequality), small when the
+        subsamples hold most of the points. ``"sliced"``: the sliced distance
+        (``ot.sliced_wasserstein_distance``, Bonneel et al. 2015 [Bonneel15]) with
+        ``n_projections`` directions, a different quantity (at most W_p; about
+        :math:`W_2/\sqrt d` for a translation). ``"auto"`` (default) is exact up to
+        ``exact_max`` points on either side and subsample above, so the reported quantity
+        does not change with the number of particles.
+    exact_max : int
+        Largest cloud solved exactly (an exact solve of 4096 points takes seconds).
+    n_repeats : int
+        Subsample solves averaged by ``"subsample"``.
+    n_projections : int
+        Directions of the sliced estimate.
+    seed : int or torch.Generator
+        Draws the subsamples (CPU) and the sliced directions.
+    num_iter_max : int, optional
+        Iteration limit of the network simplex.
+    on_failure : {"raise", "flag"}
+        What an exact solve that stops before optimality does.
 
+    Notes
+    -----
     POT's default ``numItermax=100000`` stops the simplex early from about 4000 points and
     returns a wrong value with only a warning; here the limit grows with ``N * M`` and a
     solve that still stops early raises :class:`OTSolverError` (or, with
     ``on_failure="flag"``, returns ``converged=False``).
     """
-    import ot
-
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p}")
-    if on_failure not in ("raise", "flag"):
-        raise ValueError(f"on_failure must be 'raise' or 'flag', got {on_failure!r}")
+    p = _check_options(p, estimator, exact_max, n_repeats, n_projections, seed, num_iter_max,
+                       on_failure)
     check_particles(x, "x")
     check_particles(y, "y")
+    for value, name in ((x, "x"), (y, "y")):
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor: it has no values to transport")
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must share an event shape, got {tuple(x.shape[1:])} and "
                          f"{tuple(y.shape[1:])}")
-    xs, ys = _as_numpy64(x), _as_numpy64(y)
+    return _estimate(_as_numpy64(x), _as_numpy64(y), p, estimator, exact_max, n_repeats,
+                     n_projections, seed, num_iter_max, on_failure)
+
+
+def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max: int,
+              n_repeats: int, n_projections: int, seed: int | torch.Generator,
+              num_iter_max: int | None, on_failure: str) -> WassersteinEstimate:
     n, m = len(xs), len(ys)
-    if max(n, m) > exact_max:
-        sw = ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=p, seed=seed)
-        return WassersteinEstimate(float(sw), p, f"sliced({n_projections})")
+    if estimator == "auto":
+        estimator = "exact" if max(n, m) <= exact_max else "subsample"
+    if estimator == "sliced":
+        import ot
+
+        sw = ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=p,
+                                            seed=_int_seed(seed))
+        return WassersteinEstimate(float(sw), p, f"sliced({n_projections})", True, "sliced",
+                                   None)
+    if estimator == "exact" or max(n, m) <= exact_max:
+        value, converged = _exact(xs, ys, p, num_iter_max, on_failure)
+        if estimator == "exact":
+            return WassersteinEstimate(value, p, "exact", converged, "exact", 0.0)
+        # every subsample is the whole cloud: one solve is the r identical ones
+        return WassersteinEstimate(value, p, f"subsample({max(n, m)}x{n_repeats})",
+                                   converged, "subsample", 0.0)
+    g = as_generator(seed, "cpu")
+    values, converged = [], True
+    for _ in range(n_repeats):
+        ix = torch.randperm(n, generator=g, device=g.device)[:exact_max].cpu().numpy()
+        iy = torch.randperm(m, generator=g, device=g.device)[:exact_max].cpu().numpy()
+        value, ok = _exact(xs[ix], ys[iy], p, num_iter_max, on_failure)
+        values.append(value)
+        converged = converged and ok
+    spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    size = min(max(n, m), exact_max)
+    return WassersteinEstimate(float(np.mean(values)), p, f"subsample({size}x{n_repeats})",
+                               converged, "subsample", spread)
+
+
+def _int_seed(seed: int | torch.Generator) -> int:
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=seed, device=seed.device))
+    return int(seed) % (2**32)  # numpy's RandomState takes 32-bit seeds
+
+
+def _exact(xs: np.ndarray, ys: np.ndarray, p: int, num_iter_max: int | None,
+           on_failure: str) -> tuple[float, bool]:
+    import ot
+
+    n, m = len(xs), len(ys)
     cost = ot.dist(xs, ys, metric="sqeuclidean" if p == 2 else "euclidean")
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     iters = num_iter_max or max(100_000, 50 * n * m)
@@ -103,32 +215,69 @@ def wasserstein(x: Tensor, y: Tensor, p: int = 2, *, exact_max: int = EXACT_MAX,
             f"{log.get('warning')}) with numItermax={iters} on {n} x {m} points; pass a larger "
             "num_iter_max or on_failure='flag'"
         )
-    return WassersteinEstimate(float(max(value, 0.0)) ** (1.0 / p), p, "exact", converged)
+    return float(max(value, 0.0)) ** (1.0 / p), converged
 
 
-def _particles(state: Any, transform: Callable[[Tensor], Tensor] | None) -> Tensor:
-    x = state if isinstance(state, Tensor) else state.particles
-    return x if transform is None else transform(x)
+def _particles(state: Any, transform: Callable[[Tensor], Tensor] | None,
+               target: Tensor) -> Tensor:
+    """The particles a monitor compares with ``target``: checked, after ``transform``."""
+    if isinstance(state, Tensor):
+        x = state
+    elif isinstance(getattr(state, "particles", None), Tensor):
+        x = state.particles
+    elif hasattr(state, "__array__") or isinstance(state, (list, tuple)):
+        x = check_particles(state, "particles")  # raises, with a conversion hint
+    else:
+        raise TypeError("state must be a flowkit.FlowState or a tensor of particles "
+                        f"(N, *event), got {type(state).__name__}")
+    if isinstance(x, Tensor) and transform is not None:
+        x = transform(x)
+    check_particles(x, "particles", finite=False)
+    if x.device.type == "meta":
+        raise ValueError("particles is a meta tensor: it has no values to compare")
+    if x.shape[1:] != target.shape[1:]:
+        raise ValueError(f"particles has event shape {tuple(x.shape[1:])} but target has event "
+                         f"shape {tuple(target.shape[1:])}")
+    check_finite(x, "particles")
+    return x
+
+
+def _flow_state(state: Any, who: str, needs: str) -> Any:
+    if isinstance(state, Tensor) or not hasattr(state, needs):
+        raise TypeError(f"state must be a flowkit.FlowState (the engine's monitor argument, "
+                        f"with .{needs}): {who} cannot be computed from "
+                        f"{type(state).__name__}")
+    return state
+
+
+def _check_transform(transform: object) -> None:
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable, got {type(transform).__name__}")
 
 
 class _Wasserstein:
     p = 2
 
-    def __init__(self, target: Tensor, *, exact_max: int = EXACT_MAX, n_projections: int = 500,
-                 seed: int = 0, on_failure: str = "raise", name: str | None = None,
-                 transform: Callable[[Tensor], Tensor] | None = None):
+    def __init__(self, target: Tensor, *, estimator: str = "auto", exact_max: int = EXACT_MAX,
+                 n_repeats: int = 3, n_projections: int = 500,
+                 seed: int | torch.Generator = 0, on_failure: str = "raise",
+                 name: str | None = None, transform: Callable[[Tensor], Tensor] | None = None):
         self.target = check_particles(target, "target")
+        _check_transform(transform)
         self.transform = transform
         self.name = name or f"W{self.p}"
-        self._kw = {"exact_max": exact_max, "n_projections": n_projections, "seed": seed,
+        self._kw = {"estimator": estimator, "exact_max": exact_max, "n_repeats": n_repeats,
+                    "n_projections": n_projections, "seed": seed, "num_iter_max": None,
                     "on_failure": on_failure}
+        _check_options(self.p, **self._kw)
+        self._target64 = _as_numpy64(target)  # converted once, not at every monitored step
 
     def __call__(self, state: Any) -> dict[str, Any]:
-        x = _particles(state, self.transform)
-        est = wasserstein(x, self.target, self.p, **self._kw)
-        out: dict[str, Any] = {self.name: est.value}
-        if est.method != "exact":
-            out[f"{self.name}_method"] = est.method
+        x = _particles(state, self.transform, self.target)
+        est = _estimate(_as_numpy64(x), self._target64, self.p, **self._kw)
+        out: dict[str, Any] = {self.name: est.value, f"{self.name}_method": est.method}
+        if est.estimator == "subsample":
+            out[f"{self.name}_spread"] = est.spread
         if not est.converged:
             out[f"{self.name}_converged"] = False
         return out
@@ -144,26 +293,36 @@ class W2(_Wasserstein):
     """Wasserstein-2 distance to a fixed target sample, through POT (see :func:`wasserstein`).
 
     ``transform`` maps the particles before the comparison (e.g. ``torch.tanh`` when the
-    particles live below a fixed output map). Records ``"W2"``; above ``exact_max`` points
-    also ``"W2_method"`` (the sliced estimate used), and with ``on_failure="flag"``
-    ``"W2_converged": False`` for a failed solve.
+    particles live below a fixed output map). Records ``"W2"`` and ``"W2_method"`` (which
+    estimator produced it: ``"exact"``, ``"subsample(Kxr)"`` above ``exact_max`` points, or
+    ``"sliced(K)"`` when asked with ``estimator="sliced"``); with the subsample estimator
+    also ``"W2_spread"``, and with ``on_failure="flag"`` ``"W2_converged": False`` for a
+    failed solve. Non-finite particles raise ``ValueError``.
     """
 
     p = 2
 
 
-class MMDMonitor:
-    """MMD (the square root of the V-statistic MMD^2) to a target sample, as ``"MMD"``."""
+class MMD:
+    """MMD (the square root of the V-statistic MMD^2) to a target sample, as ``"MMD"``.
+
+    Monitors are named after the quantity they record (``W1``, ``W2``, ``MMD``); the former
+    name ``MMDMonitor`` is a deprecated alias.
+    """
 
     def __init__(self, target: Tensor, kernel: Kernel | None = None, name: str = "MMD",
                  transform: Callable[[Tensor], Tensor] | None = None):
         self.target = check_particles(target, "target")
+        _check_transform(transform)
         self.transform = transform
-        self.kernel = kernel or Gaussian(1.0)
+        self.kernel = Gaussian(1.0) if kernel is None else kernel
+        if not isinstance(self.kernel, Kernel):
+            raise TypeError(f"kernel must be a flowkit.kernels.Kernel, got "
+                            f"{type(kernel).__name__}")
         self.name = name
 
     def __call__(self, state: Any) -> dict[str, float]:
-        x = _particles(state, self.transform)
+        x = _particles(state, self.transform, self.target)
         check_compatible(x, self.target, "particles", "target")
         return {self.name: math.sqrt(max(float(mmd2(x, self.target, self.kernel)), 0.0))}
 
@@ -174,6 +333,7 @@ class ObjectiveValue:
     name = "objective"
 
     def __call__(self, state: Any) -> dict[str, float]:
+        state = _flow_state(state, "ObjectiveValue", "objective")
         return {self.name: float(state.objective.value(state.particles))}
 
 
@@ -186,6 +346,7 @@ class GradNorm:
     name = "grad_norm2"
 
     def __call__(self, state: Any) -> dict[str, float]:
+        state = _flow_state(state, "GradNorm", "objective")
         g = state.grad
         if g is None:
             g = state.objective.functional_gradient(state.particles)
@@ -193,10 +354,21 @@ class GradNorm:
 
 
 class WallTime:
-    """Seconds since the run started, as ``"wall_time"``."""
+    """Seconds since the run started, as ``"wall_time"``.
+
+    Reads the engine's clock (``FlowState.elapsed``); a bare tensor of particles carries no
+    clock, so it is refused rather than answered with an arbitrary time.
+    """
 
     name = "wall_time"
 
     def __call__(self, state: Any) -> dict[str, float]:
-        elapsed = getattr(state, "elapsed", None)
-        return {self.name: float(elapsed if elapsed is not None else time.perf_counter())}
+        state = _flow_state(state, "WallTime", "elapsed")
+        return {self.name: float(state.elapsed)}
+
+
+_DEPRECATED = {"MMDMonitor": ("MMD", MMD)}
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_module_attribute(__name__, name, _DEPRECATED)

@@ -79,7 +79,7 @@ def test_penalty_on_image_shaped_events():
 
 def test_one_sided_penalty_zero_below_unit_norm():
     torch.manual_seed(0)
-    net = fk.critics.MLP(2, None, hidden=16, depth=3, generator=torch.Generator().manual_seed(1))
+    net = fk.nn.MLP(2, None, hidden=16, depth=3, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(0.1)  # makes every input gradient tiny
@@ -96,7 +96,7 @@ def test_one_sided_penalty_zero_below_unit_norm():
 
 
 def test_penalty_backpropagates_to_critic_parameters():
-    net = fk.critics.MLP(2, None, hidden=8, depth=2, generator=torch.Generator().manual_seed(0))
+    net = fk.nn.MLP(2, None, hidden=8, depth=2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(10.0)
@@ -226,8 +226,8 @@ def test_critic_bad_inputs():
         WGANGPCritic(lr=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         WGANGPCritic(batch_size=0)
-    with pytest.raises(ValueError, match="lam"):
-        WGANGPCritic(lam=-1.0)
+    with pytest.raises(ValueError, match="penalty_weight"):
+        WGANGPCritic(penalty_weight=-1.0)
     with pytest.raises(ValueError, match="betas"):
         WGANGPCritic(betas=(0.5, 1.5))
     with pytest.raises(TypeError, match="seed"):
@@ -254,7 +254,7 @@ def test_critic_bad_inputs():
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "softplus", "elu", "tanh"])
 def test_mlp_input_gradients_match_autograd(activation):
     torch.manual_seed(0)
-    net = fk.critics.MLP(6, None, hidden=9, depth=4, activation=activation).double()
+    net = fk.nn.MLP(6, None, hidden=9, depth=4, activation=activation).double()
     x = torch.randn(7, 2, 3, dtype=torch.float64)  # any event shape
     points = torch.randn(3, 2, 3, dtype=torch.float64)
     values, grad = net.values_and_input_gradients(x, points)
@@ -273,14 +273,14 @@ def test_mlp_input_gradients_match_autograd(activation):
 
 
 def test_mlp_input_gradients_depth_one_and_errors():
-    net = fk.critics.MLP(3, None, depth=1).double()  # f(x) = w^T x + b: gradient w
+    net = fk.nn.MLP(3, None, depth=1).double()  # f(x) = w^T x + b: gradient w
     x = torch.randn(4, 3, dtype=torch.float64)
     _, grad = net.values_and_input_gradients(x, x[:2])
     torch.testing.assert_close(grad, net.body[0].weight.expand(2, 3))
     with pytest.raises(ValueError, match="scalar"):
-        fk.critics.MLP(3, 2).values_and_input_gradients(x.float(), x.float())
+        fk.nn.MLP(3, 2).values_and_input_gradients(x.float(), x.float())
     with pytest.raises(ValueError, match="event shape"):
-        fk.critics.MLP(3).values_and_input_gradients(x.float(), torch.randn(2, 4))
+        fk.nn.MLP(3).values_and_input_gradients(x.float(), torch.randn(2, 4))
 
 
 @pytest.mark.parametrize("penalty", ["one-sided", "two-sided", "dragan"])
@@ -330,3 +330,31 @@ def test_custom_explicit_gradients_are_used_and_checked():
     assert net.calls == 3
     with pytest.raises(ValueError, match="values_and_input_gradients"):
         WGANGPCritic(net=Linear(bad=True), steps=1).fit(fake, data)
+
+
+def test_one_interface_and_deprecated_names():
+    from flowkit.critics import Critic, MMDCritic
+
+    for critic in (WGANGPCritic(hidden=8, steps=1), MMDCritic(hidden=8, steps=1)):
+        assert isinstance(critic, Critic)
+        assert isinstance(critic.penalty, str) and isinstance(critic.penalty_weight, float)
+        x = torch.randn(20, 2)
+        psi = critic.fit(x, x + 1.0)
+        assert isinstance(psi, fk.Potential)
+        assert isinstance(critic.snapshot(x, x + 1.0), fk.Potential)
+    with pytest.warns(DeprecationWarning, match="lam"):
+        old = WGANGPCritic(lam=3.0)
+    assert old.penalty_weight == 3.0
+    with pytest.warns(DeprecationWarning, match="penalty_weight"):
+        assert old.lam == 3.0
+    with pytest.warns(DeprecationWarning, match="penalty_weight"):
+        old = MMDCritic(penalty=0.5)
+    assert (old.penalty, old.penalty_weight) == ("two-sided", 0.5)
+    with pytest.warns(DeprecationWarning, match="penalty_kind"):
+        old = MMDCritic(penalty_kind="one-sided")
+    assert old.penalty == "one-sided"
+    with pytest.raises(TypeError, match="penalty_weight"):
+        MMDCritic(penalty=0.5, penalty_weight=1.0)
+    with pytest.warns(DeprecationWarning, match="lam"):
+        gan = fk.generators.WGANGP(torch.randn(20, 2), hidden=8, lam=2.0)
+    assert gan.critic.penalty_weight == 2.0

@@ -39,3 +39,40 @@ def test_twenty_five_gaussians_grid():
 def test_bad_sizes(n):
     with pytest.raises(ValueError, match="n must be"):
         fk.datasets.eight_gaussians(n)
+
+
+@pytest.mark.parametrize("make", [fk.datasets.eight_gaussians, fk.datasets.twenty_five_gaussians,
+                                  fk.datasets.swiss_roll, fk.datasets.digits])
+def test_bad_arguments_name_themselves(make):
+    with pytest.raises(TypeError, match="seed must be"):
+        make(10, seed="abc")
+    with pytest.raises(ValueError, match="seed must be"):
+        make(10, seed=-1)
+    with pytest.raises(TypeError, match="seed must be"):
+        make(10, seed=1.5)
+    for n in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="n must be"):
+            make(n)
+    with pytest.raises(TypeError, match="dtype must be"):
+        make(10, dtype=torch.long)
+    with pytest.raises(ValueError, match="device"):
+        make(10, device="nope")
+    assert make(1).shape[0] == 1
+
+
+def test_digits_refuses_more_images_than_it_has():
+    with pytest.raises(ValueError, match="n must be an int >= 1 and <= 1797"):
+        fk.datasets.digits(5000)
+    assert fk.datasets.digits(1797).shape == (1797, 1, 8, 8)
+
+
+@pytest.mark.parametrize(("make", "name"), [
+    (fk.datasets.eight_gaussians, "radius"), (fk.datasets.eight_gaussians, "std"),
+    (fk.datasets.twenty_five_gaussians, "half_width"), (fk.datasets.twenty_five_gaussians, "std"),
+    (fk.datasets.swiss_roll, "noise"), (fk.datasets.swiss_roll, "scale")])
+def test_shape_parameters_are_checked(make, name):
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match=name):
+            make(10, **{name: bad})
+    with pytest.raises(TypeError, match=name):
+        make(10, **{name: "a"})

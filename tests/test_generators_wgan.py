@@ -19,9 +19,13 @@ def test_counts_critic_and_generator_steps():
     gan = WGANGP(_data(), hidden=16, n_critic=5, seed=0)
     history = gan.train(7, monitors=[fk.monitors.W2(_data())], monitor_every=3)
     assert gan.generator_steps == 7 and gan.critic_steps == 35
-    assert history["generator_steps"] == [0, 3, 6, 7]
-    assert history["critic_steps"] == [0, 15, 30, 35]
-    assert len(history["W2"]) == 4
+    assert history.generator_steps == [0, 3, 6, 7]
+    assert history.critic_steps == [0, 15, 30, 35]
+    assert len(history.metrics["W2"]) == 4 and history.metrics["W2_method"][0] == "exact"
+    assert len(history.elapsed) == 4 and history.elapsed == sorted(history.elapsed)
+    with pytest.warns(DeprecationWarning, match="attributes"):
+        assert history["W2"] == history.metrics["W2"]
+    assert dict(history.items())["critic_steps"] == [0, 15, 30, 35]  # serialisers: no warning
 
 
 def test_generator_learns_a_shifted_blob():
@@ -30,7 +34,8 @@ def test_generator_learns_a_shifted_blob():
     critic_lr = gan.critic.optimizer.param_groups[0]["lr"]
     assert critic_lr == 1e-3  # the default critic shares the trainer's optimizer settings
     history = gan.train(150, monitors=[fk.monitors.W2(data)], monitor_every=150)
-    assert history["W2"][-1] < 0.5 * history["W2"][0], history["W2"]
+    w2 = history.metrics["W2"]
+    assert w2[-1] < 0.5 * w2[0], w2
     samples = gan.sample(100)
     assert samples.shape == (100, 2) and float(samples.abs().max()) < 1.0  # tanh output
 

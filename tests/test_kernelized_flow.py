@@ -7,12 +7,12 @@ from hypothesis import strategies as st
 
 import flowkit as fk
 from flowkit.generators import ParametricKernelizedFlow
-from flowkit.generators.kernelized_flow import conjugate_gradient
+from flowkit.generators.kernelized_flow import cg_solve
 
 
 def _flow(seed=0, hidden=6, lam=1e-2, eta=0.1, bandwidth=0.7, n=40, solver="cg"):
     g = torch.Generator().manual_seed(seed)
-    gen = fk.critics.MLP(2, 2, hidden=hidden, depth=2, generator=g).double()
+    gen = fk.nn.MLP(2, 2, hidden=hidden, depth=2, generator=g).double()
     data = fk.datasets.eight_gaussians(80, seed=seed, dtype=torch.float64)
     z = torch.randn(n, 2, generator=g, dtype=torch.float64)
     return ParametricKernelizedFlow(gen, data, fk.kernels.Gaussian(bandwidth), eta, lam,
@@ -71,7 +71,7 @@ def test_conjugate_gradient_on_a_known_system():
     a = torch.randn(20, 20, generator=g, dtype=torch.float64)
     spd = a @ a.T + torch.eye(20, dtype=torch.float64)
     b = torch.randn(20, generator=g, dtype=torch.float64)
-    s, it, res = conjugate_gradient(lambda v: spd @ v, b, max_iter=200, tol=1e-12)
+    s, it, res = cg_solve(lambda v: spd @ v, b, max_iter=200, tol=1e-12)
     torch.testing.assert_close(s, torch.linalg.solve(spd, b))
     assert it <= 200 and float(res) < 1e-11
 
@@ -81,11 +81,14 @@ def test_training_reduces_mmd_and_plain_gd_is_available():
         flow = _flow(hidden=16, solver=solver, eta=0.5 if solver == "cg" else 5.0, lam=1e-3)
         flow.cg_iters = 10
         hist = flow.run(25)
-        assert hist["mmd2"][-1] < 0.5 * hist["mmd2"][0], solver
+        assert hist.mmd2[-1] < 0.5 * hist.mmd2[0], solver
+        assert len(hist.seconds) == 25 and hist.wall_time >= sum(hist.seconds)
+        with pytest.warns(DeprecationWarning, match="attributes"):
+            assert hist["mmd2"] == hist.mmd2
 
 
 def test_bad_arguments():
-    gen = fk.critics.MLP(2, 2, hidden=4, depth=2)
+    gen = fk.nn.MLP(2, 2, hidden=4, depth=2)
     data = torch.randn(10, 2)
     with pytest.raises(ValueError, match="smooth kernel"):
         ParametricKernelizedFlow(gen, data, fk.kernels.Laplacian(1.0), 0.1, 0.1)

@@ -11,7 +11,7 @@ from flowkit.objectives import AdversarialObjective
 def test_fit_raises_the_mmd_and_returns_a_frozen_witness(gen):
     data = torch.randn(200, 2, generator=gen) + 2.0
     fake = torch.randn(200, 2, generator=gen)
-    critic = MMDCritic(dim=2, steps=30, seed=0, penalty=0.1)
+    critic = MMDCritic(dim=2, steps=30, seed=0, penalty_weight=0.1)
     psi = critic.fit(fake, data)
     losses = critic.last_losses
     assert losses.shape == (30,) and float(losses[-5:].mean()) < float(losses[:5].mean())
@@ -26,8 +26,8 @@ def test_fit_raises_the_mmd_and_returns_a_frozen_witness(gen):
 def test_witness_gradient_is_autograd_of_the_snapshot(gen):
     data = torch.randn(50, 2, generator=gen, dtype=torch.float64) + 1.0
     fake = torch.randn(40, 2, generator=gen, dtype=torch.float64)
-    net = fk.critics.MLP(2, 4, hidden=8, depth=2).double()
-    critic = MMDCritic(net, fk.kernels.Gaussian(1.0), penalty=1.0, steps=2, seed=0)
+    net = fk.nn.MLP(2, 4, hidden=8, depth=2).double()
+    critic = MMDCritic(net, fk.kernels.Gaussian(1.0), penalty_weight=1.0, steps=2, seed=0)
     psi = critic.fit(fake, data)
     z = torch.randn(6, 2, generator=gen, dtype=torch.float64)
     with torch.no_grad():
@@ -40,10 +40,10 @@ def test_witness_gradient_is_autograd_of_the_snapshot(gen):
 
 def test_algorithm_1_runs_with_the_mmd_critic(gen):
     data = fk.datasets.eight_gaussians(200, seed=0)
-    critic = MMDCritic(dim=2, steps=10, seed=0, penalty=1.0)
+    critic = MMDCritic(dim=2, steps=10, seed=0, penalty_weight=1.0)
     obj = AdversarialObjective(critic, data)
     x0 = 0.3 * torch.randn(200, 2, generator=gen)
-    mon = fk.monitors.MMDMonitor(data, fk.kernels.Gaussian(0.5))
+    mon = fk.monitors.MMD(data, fk.kernels.Gaussian(0.5))
     res = fk.FunctionalGradientDescent(obj, 0.5, progress=False, monitors=[mon],
                                        monitor_every=15).run(x0, 15)
     assert res.history["MMD"][-1] < 0.8 * res.history["MMD"][0]
@@ -61,11 +61,11 @@ def test_state_dict_round_trip_resumes_identically(gen):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="penalty"):
-        MMDCritic(penalty=-1.0)
+    with pytest.raises(ValueError, match="penalty_weight"):
+        MMDCritic(penalty_weight=-1.0)
     with pytest.raises(TypeError, match="features"):
         MMDCritic(features="mlp")
     with pytest.raises(TypeError, match="kernel"):
         MMDCritic(kernel=1.0)
-    with pytest.raises(ValueError, match="penalty_kind"):
-        MMDCritic(penalty_kind="none")
+    with pytest.raises(ValueError, match="penalty must be one of"):
+        MMDCritic(penalty="none")

@@ -37,9 +37,9 @@ def test_matches_pot_called_directly_with_unequal_sizes(gen):
     assert fk.monitors.W1(y)(x)["W1"] == pytest.approx(w1, rel=1e-9)
 
 
-def test_above_the_limit_the_method_is_reported(gen):
+def test_the_sliced_estimate_is_reported_as_such(gen):
     x = torch.randn(300, 2, generator=gen)
-    out = fk.monitors.W2(x + 1.0, exact_max=100, n_projections=200)(x)
+    out = fk.monitors.W2(x + 1.0, estimator="sliced", n_projections=200)(x)
     assert out["W2_method"] == "sliced(200)"
     # sliced W2 of a translation is ||shift|| * sqrt(E_theta cos^2) = ||shift|| / sqrt(2) in 2-D
     assert out["W2"] == pytest.approx(np.sqrt(2.0) / np.sqrt(2.0), rel=0.1)
@@ -58,7 +58,7 @@ def test_unconverged_exact_solve_is_an_error_or_a_flag(gen):
 def test_mmd_monitor_and_transform(gen):
     y = torch.randn(40, 2, generator=gen)
     k = fk.kernels.Gaussian(1.0)
-    out = fk.monitors.MMDMonitor(y, k)(y.clone())
+    out = fk.monitors.MMD(y, k)(y.clone())
     assert out["MMD"] == pytest.approx(0.0, abs=1e-3)
     z = torch.atanh(torch.tanh(y) * 0.999)
     assert fk.monitors.W2(torch.tanh(y), transform=torch.tanh)(z)["W2"] < 1e-2

@@ -86,3 +86,12 @@ def test_noise_gets_the_flow_unstuck(gen):
         return float(obj.value(flow.run(x0, 1500).particles))
 
     assert final(10.0) < 0.3 * final(0.0)
+
+
+def test_arbel_schedule_arguments():
+    for level in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="level"):
+            arbel_schedule(level)
+    for until in (-1, "a"):
+        with pytest.raises(ValueError, match="until"):
+            arbel_schedule(1.0, until)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import flowkit as fk
-from flowkit.objectives import MMD, InteractionEnergy, QuadraticPotential
+from flowkit.objectives import MMD, InteractionEnergy, QuadraticObjective
 
 KERNELS = [
     fk.kernels.Gaussian(0.7),
@@ -19,7 +19,7 @@ def _objectives(gen):
     y = torch.randn(13, 3, generator=gen, dtype=torch.float64)
     A = torch.randn(3, 3, generator=gen, dtype=torch.float64)
     yield from (MMD(y, k) for k in KERNELS)
-    yield QuadraticPotential(A @ A.T, torch.randn(3, generator=gen, dtype=torch.float64))
+    yield QuadraticObjective(A @ A.T, torch.randn(3, generator=gen, dtype=torch.float64))
     yield InteractionEnergy(0.7, 1.9, torch.ones(3, dtype=torch.float64))
 
 
@@ -85,7 +85,7 @@ def test_witness_grad_matches_autograd_and_self_interaction_is_finite(gen):
 
 def test_quadratic_constants(gen):
     A = torch.diag(torch.tensor([0.5, 3.0], dtype=torch.float64))
-    obj = QuadraticPotential(A)
+    obj = QuadraticObjective(A)
     assert obj.smoothness == pytest.approx(3.0)
     assert obj.minimum == 0.0
     assert float(obj.value(torch.zeros(4, 2, dtype=torch.float64))) == 0.0

@@ -11,7 +11,7 @@ critic's kernel is :math:`k_\theta(x, y) = k(\Phi_\theta(x), \Phi_\theta(y))`. G
 
 and the features are trained to maximise the MMD minus a gradient penalty on the witness
 (Bińkowski et al. 2018; the gradient-regularised critic that Mroueh & Nguyen's
-flow mimics, digest 2.1-2.2):
+flow mimics [MN21]):
 
 .. math::
     \max_\theta\; \mathrm{MMD}^2_{k_\theta}(p_b, q_b)
@@ -20,26 +20,27 @@ flow mimics, digest 2.1-2.2):
 with minibatches :math:`p_b, q_b`, penalty points :math:`\tilde x` and penalty :math:`R`
 from :mod:`flowkit.critics.penalties` (two-sided by default, as Bińkowski et al.).
 :meth:`MMDCritic.fit` returns the frozen witness as the potential :math:`\psi = -f_\theta`
-(sign convention of ``DESIGN.md``), evaluated against the *whole* particle pool and data,
-so Algorithm 1 (:class:`flowkit.objectives.AdversarialObjective`) runs with it unchanged.
+(flowkit's sign convention: a layer moves particles along :math:`-\nabla\psi`),
+evaluated against the *whole* particle pool and data, so Algorithm 1
+(:class:`flowkit.objectives.AdversarialObjective`) runs with it unchanged.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from flowkit._compat import MISSING, renamed_keyword
+from flowkit.critics.base import Critic, check_network_input
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
-from flowkit.critics.training import Batches, CriticTrainingState
-from flowkit.critics.wgan_gp import MLP
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Gaussian, Kernel, kernel_sum, mmd2
+from flowkit.nn import MLP
 from flowkit.potential import Potential
-from flowkit.validation import (
-    check_int,
-)
+from flowkit.validation import check_compatible, check_int, check_number, check_particles
 
 __all__ = ["MMDCritic", "MMDWitnessPotential"]
 
@@ -64,12 +65,17 @@ class MMDWitnessPotential(Potential):
                                                    feat_data.new_full((m,), -1.0 / m)]))
         self.memory_budget = memory_budget
 
+    def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        check_network_input(self.features, z)  # before autograd touches it
+        return super().grad(z, create_graph=create_graph)
+
     def forward(self, z: Tensor) -> Tensor:
+        check_network_input(self.features, z)
         return kernel_sum(self.features(z), self.points, self.kernel, self.weights,
                           memory_budget=self.memory_budget)
 
 
-class MMDCritic(CriticTrainingState):
+class MMDCritic(Critic):
     r"""A gradient-regularised MMD critic trained with Adam, warm-started across fits.
 
     Same interface as :class:`flowkit.critics.WGANGPCritic` (``fit``, ``train``,
@@ -80,13 +86,15 @@ class MMDCritic(CriticTrainingState):
     ----------
     features : nn.Module, optional
         :math:`\Phi_\theta: (B, *event) \to (B, m)`, trained in place. Default: an
-        :class:`flowkit.critics.MLP` from ``dim`` to ``feature_dim`` outputs.
+        :class:`flowkit.nn.MLP` from ``dim`` to ``feature_dim`` outputs.
     kernel : Kernel
         Base kernel on the features (default ``Gaussian(1.0)``).
-    penalty : float
-        Weight :math:`\lambda \ge 0` of the gradient penalty.
-    penalty_kind : {"two-sided", "one-sided", "dragan"}
-        :math:`R` and its points (:mod:`flowkit.critics.penalties`).
+    penalty : {"two-sided", "one-sided", "dragan"}
+        :math:`R` and its points (:mod:`flowkit.critics.penalties`); ``penalty_kind=`` is a
+        deprecated alias, and a *number* as ``penalty`` (its former meaning, the weight) is
+        read as ``penalty_weight`` with a ``DeprecationWarning``.
+    penalty_weight : float
+        Weight :math:`\lambda \ge 0` of the gradient penalty (default 1).
     lr, betas : float, (float, float)
         Adam's step and moments.
     batch_size : int
@@ -114,21 +122,33 @@ class MMDCritic(CriticTrainingState):
     _module_key = "features"
 
     def __init__(self, features: nn.Module | None = None, kernel: Kernel | None = None,
-                 penalty: float = 1.0, *, penalty_kind: str = "two-sided", lr: float = 1e-3,
+                 penalty: str = MISSING, *, penalty_weight: float = MISSING, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.5, 0.9), batch_size: int = 64,
                  steps: int = 20, dim: int = 2, feature_dim: int = 16, hidden: int = 64,
                  depth: int = 3, seed: int | torch.Generator = 0,
                  perturbation: float | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, penalty_kind: str = MISSING):
         self.kernel = Gaussian(1.0) if kernel is None else kernel
         if not isinstance(self.kernel, Kernel):
             raise TypeError(f"kernel must be a flowkit.kernels.Kernel, got "
                             f"{type(kernel).__name__}")
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) \
-                or not penalty >= 0:
-            raise ValueError(f"penalty must be a number >= 0, got {penalty!r}")
-        self.penalty = float(penalty)
-        self.penalty_kind = check_penalty_kind(penalty_kind, "penalty_kind")
+        weight_name = "penalty_weight"
+        if penalty is not MISSING and not isinstance(penalty, str):
+            # the old meaning of penalty: the weight (now penalty_weight)
+            if penalty_weight is not MISSING:
+                raise TypeError("MMDCritic got a number as penalty and penalty_weight; penalty "
+                                "is the kind of penalty, penalty_weight its weight")
+            warnings.warn("MMDCritic(penalty=<number>) is deprecated: penalty is now the kind "
+                          "(as in WGANGPCritic); pass the weight as penalty_weight=",
+                          DeprecationWarning, stacklevel=2)
+            penalty_weight, penalty, weight_name = penalty, MISSING, "penalty"
+        if penalty is MISSING and penalty_kind is MISSING:
+            penalty = "two-sided"
+        kind, kind_name = renamed_keyword(penalty, penalty_kind, "penalty", "penalty_kind",
+                                          "MMDCritic")
+        self.penalty = check_penalty_kind(kind, kind_name)
+        self.penalty_weight = check_number(1.0 if penalty_weight is MISSING else penalty_weight,
+                                           weight_name, minimum=0.0)
         self._configure_training(lr=lr, betas=betas, batch_size=batch_size, steps=steps,
                                  seed=seed, perturbation=perturbation, min_batch=2)
         if features is None:
@@ -141,46 +161,46 @@ class MMDCritic(CriticTrainingState):
         self._pool: Tensor | None = None
 
     # ------------------------------------------------------------------ training
-    def fit(self, particles: Batches, data: Tensor, steps: int | None = None
-            ) -> MMDWitnessPotential:
-        """Train ``steps`` Adam steps (default ``self.steps``), return :math:`\\psi = -f`.
-
-        ``particles`` is a pool tensor (minibatches drawn with replacement; the snapshot's
-        witness uses the whole pool) or a callable ``k0 -> batch`` of fresh samples (the
-        snapshot then uses the last batches seen).
-        """
-        self.train(particles, data, steps)
-        self.n_fits += 1
-        pool = particles.detach() if isinstance(particles, Tensor) else self._pool
-        return self.snapshot(pool, data)
-
     def _after_train(self, fresh: list[Tensor]) -> None:
         if fresh:
             self._pool = torch.cat(fresh)  # the latest fresh samples stand for q
 
     def _loss(self, real: Tensor, fake: Tensor, g: torch.Generator) -> Tensor:
-        """``-MMD^2_theta(real, fake) + penalty * mean R(|grad f(x~)|)``."""
+        """``-MMD^2_theta(real, fake) + penalty_weight * mean R(|grad f(x~)|)``."""
         nb = min(len(real), len(fake))
-        points = penalty_points(real[:nb], fake[:nb], self.penalty_kind, generator=g,
+        points = penalty_points(real[:nb], fake[:nb], self.penalty, generator=g,
                                 perturbation=self.perturbation).requires_grad_(True)
         feats = self.features(torch.cat([fake, real, points]))
         f_fake, f_real, f_points = feats.split([len(fake), len(real), nb])
         # differentiable plain-torch sums (autograd flows into the features)
         loss = -mmd2(f_real, f_fake, self.kernel, backend="torch")
-        if self.penalty > 0:
+        if self.penalty_weight > 0:
             w = torch.cat([f_real.new_full((len(real),), 1.0 / len(real)),
                            f_fake.new_full((len(fake),), -1.0 / len(fake))])
             witness = kernel_sum(f_points, torch.cat([f_real, f_fake]), self.kernel, w,
                                  backend="torch")
             (grad,) = torch.autograd.grad(witness.sum(), points, create_graph=True)
-            loss = loss + self.penalty * penalty_from_gradients(grad, self.penalty_kind).mean()
+            loss = loss + self.penalty_weight * penalty_from_gradients(
+                grad, self.penalty).mean()
         return loss
 
     def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
                  ) -> MMDWitnessPotential:
-        """A frozen copy of the features and the witness between ``particles`` and ``data``."""
-        if particles is None or data is None:
-            raise ValueError("snapshot needs the particle pool and the data; call fit() first")
+        """A frozen copy of the features and the witness between ``particles`` and ``data``.
+
+        ``particles`` defaults to the last fresh batches seen by :meth:`train` (when it was
+        given a callable); ``data`` is required.
+        """
+        if particles is None:
+            particles = self._pool
+        if particles is None:
+            raise ValueError("particles is required: the witness is between the particle pool "
+                             "and data (or call fit() with a sampler first)")
+        if data is None:
+            raise ValueError("data is required: the witness is between particles and data")
+        check_particles(particles, "particles")
+        check_particles(data, "data")
+        check_compatible(particles, data, "particles", "data")
         net = copy.deepcopy(self.features).eval()
         net.requires_grad_(False)
         with torch.no_grad():
@@ -189,10 +209,20 @@ class MMDCritic(CriticTrainingState):
 
     def witness(self, z: Tensor, particles: Tensor, data: Tensor) -> Tensor:
         r"""The live witness :math:`f_\theta(z)` between ``data`` and ``particles``."""
+        for value, name in ((z, "z"), (particles, "particles")):
+            check_particles(value, name)
+            check_compatible(value, data, name, "data")
         fz, fx, fy = self.features(z), self.features(particles), self.features(data)
         w = torch.cat([fy.new_full((len(fy),), 1.0 / len(fy)),
                        fx.new_full((len(fx),), -1.0 / len(fx))])
         return kernel_sum(fz, torch.cat([fy, fx]), self.kernel, w, backend="torch")
+
+    @property
+    def penalty_kind(self) -> str:
+        """Deprecated alias of :attr:`penalty` (the kind)."""
+        warnings.warn("MMDCritic.penalty_kind is deprecated; use .penalty", DeprecationWarning,
+                      stacklevel=2)
+        return self.penalty
 
     # ------------------------------------------------------------------ state
     def _extra_state(self) -> dict[str, Any]:
@@ -202,7 +232,7 @@ class MMDCritic(CriticTrainingState):
         self._pool = state.get("pool")
 
     def __repr__(self) -> str:
-        return (f"MMDCritic(kernel={self.kernel!r}, penalty={self.penalty}, "
-                f"penalty_kind={self.penalty_kind!r}, lr={self.lr}, "
+        return (f"MMDCritic(kernel={self.kernel!r}, penalty={self.penalty!r}, "
+                f"penalty_weight={self.penalty_weight}, lr={self.lr}, "
                 f"batch_size={self.batch_size}, steps={self.steps}, "
                 f"features={type(self.features).__name__})")

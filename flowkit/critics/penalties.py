@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from flowkit.validation import check_particles
+
 __all__ = ["PENALTIES", "gradient_penalty", "penalty_points", "penalty_from_gradients"]
 
 PENALTIES = ("one-sided", "two-sided", "dragan")
@@ -129,6 +131,9 @@ def gradient_penalty(f: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor |
     """
     if not callable(f):
         raise TypeError(f"f must be callable (B, *event) -> (B,), got {type(f).__name__}")
+    for x, name in ((real, "real"), (fake, "fake")):
+        if x is not None:  # a public entry point: the values are checked here, once
+            check_particles(x, name)
     points = penalty_points(real, fake, kind, generator=generator, eps=eps,
                             perturbation=perturbation)
     with torch.enable_grad():

@@ -10,147 +10,27 @@ Nitanda & Suzuki (2018), Algorithm 1, inner loop: starting from the previous par
 with :math:`x_i` data, :math:`z_i` current generated samples, :math:`\tilde x_i` penalty
 points (:mod:`flowkit.critics.penalties`) and :math:`\mathcal A` one Adam step. The fitted
 critic is then frozen as the potential :math:`\psi_{k+1} = -f_{\tau_{k+1}}` of the next
-gradient layer (sign convention of ``DESIGN.md``).
+gradient layer (flowkit's sign convention: a layer moves particles along
+:math:`-\nabla\psi`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from flowkit._compat import MISSING, renamed_keyword
+from flowkit.critics.base import Critic, check_network_input
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
-from flowkit.critics.training import Batches, CriticTrainingState
+from flowkit.nn import MLP
 from flowkit.potential import Potential
-from flowkit.validation import (
-    check_int,
-)
+from flowkit.validation import check_int, check_number
 
-__all__ = ["MLP", "WGANGPCritic", "CriticPotential", "critic_values"]
-
-_LEAKY_SLOPE = 0.2
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE),
-    "softplus": nn.Softplus,
-    "elu": nn.ELU,
-    "tanh": nn.Tanh,
-}
-
-# sigma'(z) of each activation, written in differentiable torch ops: the penalty's gradient
-# in the parameters runs through it (second derivatives of smooth activations included).
-_DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": lambda z: (z > 0).to(z.dtype),
-    "leaky_relu": lambda z: _LEAKY_SLOPE + (1.0 - _LEAKY_SLOPE) * (z > 0).to(z.dtype),
-    "softplus": torch.sigmoid,
-    "elu": lambda z: torch.where(z > 0, torch.ones_like(z), torch.exp(z.clamp(max=0.0))),
-    "tanh": lambda z: 1.0 - torch.tanh(z).square(),
-}
-
-
-class MLP(nn.Module):
-    """A fully connected network on flattened events: ``depth`` linear layers.
-
-    ``depth=4`` is the 4-layer critic of the paper's toy experiment
-    (``in -> hidden -> hidden -> hidden -> out``). With ``out_features=None`` the output is
-    a scalar per sample, shape ``(B,)``, as a critic needs; otherwise ``(B, out_features)``.
-    The weights are drawn from ``generator`` with torch's default ``nn.Linear``
-    initialisation, so the network depends on the caller's seed only.
-    """
-
-    def __init__(self, in_features: int, out_features: int | None = None, hidden: int = 128,
-                 depth: int = 4, activation: str = "relu", *,
-                 generator: torch.Generator | None = None):
-        super().__init__()
-        check_int(in_features, "in_features")
-        check_int(hidden, "hidden")
-        check_int(depth, "depth")
-        if out_features is not None:
-            check_int(out_features, "out_features")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, "
-                             f"got {activation!r}")
-        widths = [in_features] + [hidden] * (depth - 1) + [out_features or 1]
-        modules: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            linear = nn.Linear(a, b)
-            _init_linear(linear, generator)
-            modules.append(linear)
-            if i < depth - 1:
-                modules.append(_ACTIVATIONS[activation]())
-        self.body = nn.Sequential(*modules)
-        self.in_features = in_features
-        self.scalar = out_features is None
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.body(x.flatten(1))
-        return out.squeeze(1) if self.scalar else out
-
-    def values_and_input_gradients(self, x: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
-        r"""``f(x)`` and :math:`\nabla f` at ``points``, the gradient written out by hand.
-
-        For :math:`f(x) = w^\top \sigma(z_{L-1}) + c`, :math:`z_l = W_l h_{l-1} + b_l`,
-        :math:`h_l = \sigma(z_l)`, :math:`h_0 = x`, the chain rule reads
-
-        .. math::
-            \nabla_x f(x) = W_1^\top D_1 W_2^\top D_2 \cdots W_{L-1}^\top D_{L-1} w,
-            \qquad D_l = \operatorname{diag} \sigma'(z_l).
-
-        Both outputs are ordinary differentiable expressions of the parameters, so a
-        gradient penalty built on them back-propagates in one first-order backward pass.
-        ``torch.autograd.grad(..., create_graph=True)`` gives the same numbers but
-        differentiates its own backward graph, which also runs over the rows of ``x`` and
-        sums weight gradients of mismatched memory layouts; at ``points`` only the
-        pre-activations are needed, not :math:`f`. ``benchmarks/toy_alg1.py`` measures the
-        difference (a WGAN-GP critic step of width 512: 1.5x to 1.7x on a CPU). Scalar MLPs
-        only.
-
-        Parameters
-        ----------
-        x : Tensor
-            ``(B, *event)``: where the values are wanted.
-        points : Tensor
-            ``(n, *event)``: where the gradients are wanted (the penalty points).
-
-        Returns
-        -------
-        values : Tensor
-            ``(B,)``.
-        gradients : Tensor
-            ``(n, *event)``, differentiable with respect to the parameters.
-        """
-        if not self.scalar:
-            raise ValueError("values_and_input_gradients needs a scalar MLP (out_features=None)")
-        if points.shape[1:] != x.shape[1:]:
-            raise ValueError(f"points must have the event shape of x {tuple(x.shape[1:])}, "
-                             f"got {tuple(points.shape)}")
-        linears = [m for m in self.body if isinstance(m, nn.Linear)]
-        activations = [m for m in self.body if not isinstance(m, nn.Linear)]
-        derivative = _DERIVATIVES[self.activation]
-        h, p, slopes = x.flatten(1), points.flatten(1), []
-        for linear, activation in zip(linears[:-1], activations):
-            h = activation(F.linear(h, linear.weight, linear.bias))
-            z = F.linear(p, linear.weight, linear.bias)
-            slopes.append(derivative(z))
-            p = activation(z)
-        values = F.linear(h, linears[-1].weight, linears[-1].bias).squeeze(1)
-        grad = linears[-1].weight.expand(len(points), -1)
-        for linear, slope in zip(reversed(linears[:-1]), reversed(slopes)):
-            grad = (grad * slope) @ linear.weight
-        return values, grad.reshape(points.shape)
-
-
-def _init_linear(linear: nn.Linear, generator: torch.Generator | None) -> None:
-    # nn.Linear's own reset_parameters, redrawn from the caller's generator.
-    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
-    bound = 1.0 / math.sqrt(linear.in_features)
-    nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
-
+__all__ = ["WGANGPCritic", "CriticPotential", "critic_values"]
 
 def critic_values(net: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``net(x)`` as a ``(B,)`` tensor; a ``(B, 1)`` output is accepted and flattened."""
@@ -178,10 +58,15 @@ class CriticPotential(Potential):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
+        check_network_input(self.net, x, "x")
         return -critic_values(self.net, x)
 
+    def grad(self, x: Tensor, *, create_graph: bool = False) -> Tensor:
+        check_network_input(self.net, x, "x")  # before autograd touches it
+        return super().grad(x, create_graph=create_graph)
 
-class WGANGPCritic(CriticTrainingState):
+
+class WGANGPCritic(Critic):
     r"""A WGAN-GP critic trained with Adam, warm-started across calls to :meth:`fit`.
 
     Each :meth:`fit` runs the inner loop of Nitanda & Suzuki (2018), Algorithm 1 (formula in
@@ -199,8 +84,8 @@ class WGANGPCritic(CriticTrainingState):
         Width and number of linear layers of the default MLP (paper: 128 or 512, 4).
     penalty : {"one-sided", "two-sided", "dragan"}
         Gradient penalty ``R`` (:mod:`flowkit.critics.penalties`).
-    lam : float
-        Penalty weight :math:`\lambda`.
+    penalty_weight : float
+        Penalty weight :math:`\lambda` (``lam=`` is a deprecated alias).
     lr, betas : float, (float, float)
         Adam's :math:`\alpha` and :math:`(\beta_1, \beta_2)`.
     batch_size : int
@@ -241,15 +126,17 @@ class WGANGPCritic(CriticTrainingState):
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 4,
-                 penalty: str = "one-sided", lam: float = 10.0, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.5, 0.9), batch_size: int = 50,
-                 steps: int = 50, net: nn.Module | None = None,
+                 penalty: str = "one-sided", penalty_weight: float = MISSING,
+                 lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9),
+                 batch_size: int = 50, steps: int = 50, net: nn.Module | None = None,
                  seed: int | torch.Generator = 0, *, activation: str = "relu",
-                 perturbation: float | None = None):
+                 perturbation: float | None = None, lam: float = MISSING):
         self.penalty = check_penalty_kind(penalty, "penalty")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-            raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-        self.lam = float(lam)
+        if penalty_weight is MISSING and lam is MISSING:
+            penalty_weight = 10.0
+        weight, name = renamed_keyword(penalty_weight, lam, "penalty_weight", "lam",
+                                       "WGANGPCritic")
+        self.penalty_weight = check_number(weight, name, minimum=0.0)
         self._configure_training(lr=lr, betas=betas, batch_size=batch_size, steps=steps,
                                  seed=seed, perturbation=perturbation)
         if net is None:
@@ -260,25 +147,6 @@ class WGANGPCritic(CriticTrainingState):
         self._attach(net)
 
     # ------------------------------------------------------------------ training
-    def fit(self, particles: Batches, data: Tensor, steps: int | None = None) -> CriticPotential:
-        r"""Train ``steps`` Adam steps (default ``self.steps``) and return :math:`\psi = -f`.
-
-        Parameters
-        ----------
-        particles : Tensor or callable
-            Generated samples. A tensor ``(N, *event)`` is a pool: each step draws ``b``
-            of them i.i.d. with replacement (the empirical measure of the pool). A callable
-            ``k0 -> (b', *event)`` is asked for the batch of step ``k0`` (fresh samples,
-            as in Algorithm 1 proper).
-        data : Tensor
-            Data ``(M, *event)``; each step draws ``b`` i.i.d. with replacement.
-        steps : int, optional
-            :math:`T_0` for this call.
-        """
-        self.train(particles, data, steps)
-        self.n_fits += 1
-        return self.snapshot()
-
     def _loss(self, real: Tensor, fake: Tensor, g: torch.Generator) -> Tensor:
         # One forward pass over [fake, real] (and x~ without an explicit gradient) instead of
         # separate ones: the per-call overhead of a small MLP dominates on CPU. Penalty
@@ -289,14 +157,14 @@ class WGANGPCritic(CriticTrainingState):
                                 perturbation=self.perturbation)
         explicit = getattr(net, "values_and_input_gradients", None)
         grad = None
-        if self.lam > 0 and callable(explicit):
+        if self.penalty_weight > 0 and callable(explicit):
             out, grad = explicit(torch.cat([fake, real]), points)
             if out.shape != (len(fake) + len(real),) or grad.shape != points.shape:
                 raise ValueError("net.values_and_input_gradients(x, points) must return values "
                                  f"({len(fake) + len(real)},) and gradients "
                                  f"{tuple(points.shape)}, got {tuple(out.shape)} and "
                                  f"{tuple(grad.shape)}")
-        elif self.lam > 0:
+        elif self.penalty_weight > 0:
             points.requires_grad_(True)
             out = critic_values(net, torch.cat([fake, real, points]))
             (grad,) = torch.autograd.grad(out[len(out) - nb:].sum(), points, create_graph=True)
@@ -304,20 +172,33 @@ class WGANGPCritic(CriticTrainingState):
             out = critic_values(net, torch.cat([fake, real]))
         loss = out[:len(fake)].mean() - out[len(fake):len(fake) + len(real)].mean()
         if grad is not None:
-            loss = loss + self.lam * penalty_from_gradients(grad, kind).mean()
+            loss = loss + self.penalty_weight * penalty_from_gradients(grad, kind).mean()
         return loss
 
-    def snapshot(self) -> CriticPotential:
-        """A frozen deep copy of the current critic as :math:`\\psi = -f` (eval mode)."""
+    def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
+                 ) -> CriticPotential:
+        """A frozen deep copy of the current critic as :math:`\\psi = -f` (eval mode).
+
+        ``particles`` and ``data`` are accepted for the common :class:`Critic` signature and
+        not needed: :math:`f` alone is the potential.
+        """
         net = copy.deepcopy(self.net).eval()
         net.requires_grad_(False)
         return CriticPotential(net)
+
+    @property
+    def lam(self) -> float:
+        """Deprecated alias of :attr:`penalty_weight`."""
+        warnings.warn("WGANGPCritic.lam is deprecated; use .penalty_weight", DeprecationWarning,
+                      stacklevel=2)
+        return self.penalty_weight
 
     def critic(self, x: Tensor) -> Tensor:
         """The current (live, trainable) critic values ``f(x)``, shape ``(B,)``."""
         return critic_values(self.net, x)
 
     def __repr__(self) -> str:
-        return (f"WGANGPCritic(penalty={self.penalty!r}, lam={self.lam}, lr={self.lr}, "
+        return (f"WGANGPCritic(penalty={self.penalty!r}, "
+                f"penalty_weight={self.penalty_weight}, lr={self.lr}, "
                 f"betas={self.betas}, batch_size={self.batch_size}, steps={self.steps}, "
                 f"net={type(self.net).__name__})")

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from flowkit.nn import MLP
+
 if TYPE_CHECKING:
     from flowkit.runs import RunFolder
 
@@ -94,20 +96,10 @@ def _run_saddle(spec: dict, steps: int, lr_x: float, lr_y: float,
 # --------------------------------------------------------------------------- GAN
 
 
-def _mlp(sizes: list[int], gen: torch.Generator) -> nn.Sequential:
-    """ReLU MLP initialised from ``gen`` with PyTorch's default bounds
-    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, so that a seed fixes the network."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        linear = nn.Linear(n_in, n_out)
-        bound = 1 / math.sqrt(n_in)
-        with torch.no_grad():
-            linear.weight.copy_((2 * torch.rand(n_out, n_in, generator=gen) - 1) * bound)
-            linear.bias.copy_((2 * torch.rand(n_out, generator=gen) - 1) * bound)
-        layers.append(linear)
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+def _mlp(sizes: list[int], gen: torch.Generator) -> MLP:
+    """ReLU MLP ``sizes[0] -> ... -> sizes[-1]`` (:class:`flowkit.nn.MLP`, PyTorch's default
+    bounds ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``) drawn from ``gen``, so a seed fixes it."""
+    return MLP(sizes[0], sizes[-1], sizes[1], len(sizes) - 1, "relu", generator=gen)
 
 
 def _gan_methods(args: argparse.Namespace) -> dict[str, tuple[float, dict]]:

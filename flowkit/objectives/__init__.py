@@ -1,7 +1,10 @@
 """Objectives over probability measures: the plug-ins Algorithm 3 descends."""
 
+from typing import Any
+
+from flowkit._compat import deprecated_module_attribute
 from flowkit.objectives.adversarial import AdversarialObjective
-from flowkit.objectives.analytic import InteractionEnergy, QuadraticPotential
+from flowkit.objectives.analytic import InteractionEnergy, QuadraticObjective
 from flowkit.objectives.energy import EnergyDistance
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.objectives.noisy import NoisyMMDFlow, arbel_schedule
@@ -12,7 +15,7 @@ __all__ = [
     "AdversarialObjective",
     "MMD",
     "KernelWitness",
-    "QuadraticPotential",
+    "QuadraticObjective",
     "InteractionEnergy",
     "EnergyDistance",
     "NoisyMMDFlow",
@@ -21,3 +24,10 @@ __all__ = [
     "SobolevDescent",
     "RandomFourierFeatures",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    from flowkit.objectives import analytic
+
+    return deprecated_module_attribute(__name__, name, {
+        "QuadraticPotential": ("QuadraticObjective", analytic.QuadraticObjective)})

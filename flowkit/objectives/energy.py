@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from flowkit._compat import MISSING, renamed_keyword
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, EnergyKernel
 from flowkit.objectives.mmd import MMD
 
@@ -23,12 +24,12 @@ __all__ = ["EnergyDistance"]
 
 
 class EnergyDistance(MMD):
-    r"""Energy distance :math:`\mathcal E(\mu, \nu)` between the particles and ``data``.
+    r"""Energy distance :math:`\mathcal E(\mu, \nu)` between the particles and ``target``.
 
     Parameters
     ----------
-    data : Tensor
-        Target sample ``(M, *event)``.
+    target : Tensor
+        Target sample ``(M, *event)`` (``data=`` is a deprecated alias).
     block_size, memory_budget, backend
         As in :class:`flowkit.objectives.MMD`.
 
@@ -47,8 +48,11 @@ class EnergyDistance(MMD):
     0.0
     """
 
-    def __init__(self, data: Tensor, *, block_size: int | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str = "auto"):
-        super().__init__(data, EnergyKernel(), block_size=block_size,
+    def __init__(self, target: Tensor = MISSING, *, block_size: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str = "auto",
+                 data: Tensor = MISSING):
+        target, self._target_name = renamed_keyword(target, data, "target", "data",
+                                                    "EnergyDistance")
+        super().__init__(target, EnergyKernel(), block_size=block_size,
                          memory_budget=memory_budget, backend=backend)
         self.smoothness = None  # the distance kernel's gradient is discontinuous at 0

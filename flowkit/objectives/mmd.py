@@ -58,11 +58,18 @@ class KernelWitness(Potential):
                     "backend": _check_backend(backend)}
         self.lipschitz_grad = 2.0 * abs(self.scale) * kernel.hessian_bound()
 
+    def _check(self, z: Tensor) -> None:
+        # metadata only (no device synchronisation): the engine evaluates this every step
+        check_particles(z, "z", finite=False)
+        check_compatible(z, self.particles, "z", "particles")
+
     def forward(self, z: Tensor) -> Tensor:
+        self._check(z)
         points, weights = _signed_stack(self.particles, self.target, self.scale, -self.scale)
         return kernel_sum(z, points, self.kernel, weights, **self._kw)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        self._check(z)
         # torch ops throughout (the native path steps aside when z requires grad), so the
         # result is differentiable in z whenever z carries a graph
         points, weights = _signed_stack(self.particles, self.target, self.scale, -self.scale)
@@ -106,11 +113,14 @@ class MMD(FunctionalObjective):
     """
 
     minimum = 0.0
+    #: the caller's name for the target sample in error messages (a subclass accepting a
+    #: deprecated alias sets it on the instance before calling ``__init__``)
+    _target_name = "target"
 
     def __init__(self, target: Tensor, kernel: Kernel | None = None, *,
                  block_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  backend: str = "auto"):
-        self.target = check_particles(target, "target")
+        self.target = check_particles(target, self._target_name)
         self.kernel = Gaussian(1.0) if kernel is None else kernel
         if not isinstance(self.kernel, Kernel):
             raise TypeError(f"kernel must be a flowkit.kernels.Kernel, got {type(kernel).__name__}")
@@ -119,15 +129,34 @@ class MMD(FunctionalObjective):
                     "backend": _check_backend(backend)}
         self.smoothness = 6.0 * self.kernel.hessian_bound()
 
-    def validate(self, x: Tensor) -> None:
+    def validate(self, x: Tensor, *, finite: bool = True) -> None:
+        """Particles of the target's event shape, device and dtype (and finite).
+
+        The one check behind :meth:`first_variation`, :meth:`functional_gradient` and
+        :meth:`value`, and the engine's at the start of a run. ``first_variation`` is the
+        engine's per-step hook and passes ``finite=False``: shapes, dtype and device are
+        metadata, but a finiteness test would synchronise with the device at every step,
+        and the engine already checks the particles after each update.
+        """
         check_particles(x, "x", finite=False)
-        check_compatible(x, self.target, "x", "target")
-        check_finite(x, "x")
+        check_compatible(x, self.target, "x", self._target_name)
+        if finite:
+            check_finite(x, "x")
 
     def first_variation(self, x: Tensor) -> KernelWitness:
+        self.validate(x, finite=False)
+        return self._witness(x)
+
+    def functional_gradient(self, x: Tensor) -> Tensor:
+        self.validate(x)
+        return self._witness(x).grad(x)
+
+    def _witness(self, x: Tensor) -> KernelWitness:
+        # unchecked: for subclasses that validate once and add to the witness
         return KernelWitness(x, self.target, self.kernel, 2.0, **self._kw)
 
     def value(self, x: Tensor) -> Tensor:
+        self.validate(x)
         return _mmd2_without_target_term(x, self.target, self.kernel, **self._kw) + self._kyy()
 
     def _kyy(self) -> Tensor:

@@ -2,7 +2,8 @@ r"""MMD gradient flow with noise injection (Arbel, Korba, Salim & Gretton 2019, 
 
 The plain Euler scheme of the MMD flow can stall in a configuration where the witness'
 gradient vanishes at every particle although the measures differ. Arbel et al. evaluate
-the witness gradient at *noisy* positions (their noise-injection scheme, digest 2.3):
+the witness gradient at *noisy* positions (their noise-injection scheme, sec. 4
+[ArbelKorbaSalimGretton19]):
 
 .. math::
     X_{n+1}^i = X_n^i - \gamma\, \nabla f_{\mu, \nu_n}\big(X_n^i + \beta_n U_n^i\big),
@@ -11,7 +12,8 @@ the witness gradient at *noisy* positions (their noise-injection scheme, digest 
 with :math:`F = \frac12\mathrm{MMD}^2` and witness
 :math:`f_{\mu,\nu}(z) = \int k(x, z)\,d\nu(x) - \int k(x,z)\,d\mu(x)`. Under
 :math:`8\lambda^2\beta_n^2 F(\nu_n) \le D_{\beta_n}(\nu_n)` each step decreases ``F``, and
-with :math:`\sum_n \beta_n^2 = \infty` it converges to the global minimum (digest 2.3).
+with :math:`\sum_n \beta_n^2 = \infty` it converges to the global minimum (ibid., the
+noise-injection proposition).
 
 flowkit's :class:`NoisyMMDFlow` is an objective wrapper, so the unchanged engine runs it:
 its first variation is the MMD witness (:class:`flowkit.objectives.KernelWitness`, which
@@ -32,17 +34,21 @@ from torch import Tensor
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential
-from flowkit.validation import check_seed
+from flowkit.validation import (
+    as_generator,
+    check_int,
+    check_number,
+    check_particles,
+    check_seed,
+)
 
 __all__ = ["NoisyMMDFlow", "NoisyPotential", "arbel_schedule"]
 
 
 def arbel_schedule(level: float = 10.0, until: int = 5000) -> Callable[[int], float]:
     r"""The schedule of Arbel et al.'s Gaussian experiment: :math:`\beta_n = ` ``level`` for
-    ``n < until``, then 0 (digest 2.3)."""
-    if not level >= 0:
-        raise ValueError(f"level must be >= 0, got {level!r}")
-    return _Constant(float(level), int(until))
+    ``n < until``, then 0 (their Gaussian experiment [ArbelKorbaSalimGretton19])."""
+    return _Constant(check_number(level, "level", minimum=0.0), check_int(until, "until", 0))
 
 
 class _Constant:
@@ -73,6 +79,7 @@ class NoisyPotential(Potential):
         return self.base(z)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        check_particles(z, "z", finite=False)  # before the noise is drawn (the base checks more)
         if self.beta == 0.0:
             return self.base.grad(z, create_graph=create_graph)
         u = torch.randn(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
@@ -122,12 +129,9 @@ class NoisyMMDFlow(MMD):
                          backend=backend)
         if callable(noise_level):
             self.schedule = noise_level
-        elif isinstance(noise_level, bool) or not isinstance(noise_level, (int, float)) \
-                or not noise_level >= 0:
-            raise ValueError(f"noise_level must be a number >= 0 or a schedule k -> beta_k, "
-                             f"got {noise_level!r}")
-        else:
-            self.schedule = _Constant(float(noise_level), None)
+        else:  # a constant beta >= 0 (a number; schedules are callables)
+            self.schedule = _Constant(check_number(noise_level, "noise_level", minimum=0.0),
+                                      None)
         self._seed = check_seed(seed)
         self.generator: torch.Generator | None = seed if isinstance(seed, torch.Generator) \
             else None
@@ -140,10 +144,18 @@ class NoisyMMDFlow(MMD):
             raise ValueError(f"noise_level schedule gave beta={beta} at step {k}; need >= 0")
         return beta
 
+    def functional_gradient(self, x: Tensor) -> Tensor:
+        self.validate(x)
+        return self._noisy(x).grad(x)
+
     def first_variation(self, x: Tensor) -> NoisyPotential:
+        self.validate(x, finite=False)
+        return self._noisy(x)
+
+    def _noisy(self, x: Tensor) -> NoisyPotential:
         if self.generator is None:
-            self.generator = torch.Generator(device=x.device).manual_seed(self._seed)
-        witness: KernelWitness = super().first_variation(x)
+            self.generator = as_generator(self._seed, x.device)
+        witness: KernelWitness = self._witness(x)
         return NoisyPotential(witness, self.noise(self.step), self.generator)
 
     def after_step(self, layer: Any) -> None:

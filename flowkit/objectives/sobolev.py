@@ -1,4 +1,4 @@
-r"""Sobolev descent with finite features (Mroueh, Sercu & Raj 2019; digest 2.4).
+r"""Sobolev descent with finite features (Mroueh, Sercu & Raj 2019 [MrouehEtAl19]).
 
 For features :math:`\Phi: \mathbb R^d \to \mathbb R^m` and critics :math:`u = a^\top\Phi`,
 the gradient-regularised critic between the target :math:`p` and the particles :math:`q`
@@ -16,7 +16,7 @@ potential is :math:`\psi = -u^*`, so :class:`FunctionalGradientDescent` with ste
 
 Sobolev descent is a *preconditioned* descent of the feature MMD
 :math:`\frac12\|\mathbb E_p\Phi - \mathbb E_q\Phi\|^2` (the MMD decreases along the
-continuous flow; Mroueh et al. 2019, digest 2.4): its direction is not the :math:`L^2(\mu)`
+continuous flow; Mroueh et al. 2019 [MrouehEtAl19]): its direction is not the :math:`L^2(\mu)`
 gradient of that value, so :class:`SobolevDescent` defines no ``value`` (monitor
 :meth:`SobolevDescent.feature_mmd2` or an :class:`flowkit.monitors.MMDMonitor`). The
 linear solve costs :math:`O(m^3)` per step, the price Arbel et al. (2019) point out
@@ -26,14 +26,23 @@ against the plain MMD flow.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from flowkit._compat import MISSING, renamed_keyword
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
-from flowkit.validation import check_compatible, check_particles, check_positive
+from flowkit.validation import (
+    as_generator,
+    check_compatible,
+    check_finite,
+    check_int,
+    check_particles,
+    check_positive,
+)
 
 __all__ = ["RandomFourierFeatures", "SobolevDescent", "SobolevCritic"]
 
@@ -53,11 +62,10 @@ class RandomFourierFeatures(nn.Module):
                  seed: int | torch.Generator = 0, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
         super().__init__()
-        for value, name in ((dim, "dim"), (n_features, "n_features")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(dim, "dim")
+        check_int(n_features, "n_features")
         self.bandwidth = check_positive(bandwidth, "bandwidth")
-        g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        g = as_generator(seed, "cpu")  # drawn on the CPU in float64, then moved
         w = torch.randn(n_features, dim, generator=g, dtype=torch.float64) / self.bandwidth
         b = 2 * math.pi * torch.rand(n_features, generator=g, dtype=torch.float64)
         self.register_buffer("W", w.to(device=device, dtype=dtype))
@@ -80,10 +88,21 @@ class SobolevCritic(Potential):
         self.features = features
         self.register_buffer("a", a)
 
+    def _check(self, z: Tensor) -> None:
+        check_particles(z, "z", finite=False)
+        if isinstance(self.features, RandomFourierFeatures):
+            width = self.features.W.shape[1]
+            if z[0].numel() != width:
+                raise ValueError(f"z has events of shape {tuple(z.shape[1:])} but the features "
+                                 f"take {width} entries per event")
+            check_compatible(z.flatten(1), self.features.W, "z", "the features")
+
     def forward(self, z: Tensor) -> Tensor:
+        self._check(z)
         return -(self.features(z) @ self.a)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        self._check(z)
         if isinstance(self.features, RandomFourierFeatures):
             # grad u = sum_k a_k grad Phi_k = -(S diag(a)) W
             g = (self.features.sines(z) * self.a) @ self.features.W
@@ -92,12 +111,12 @@ class SobolevCritic(Potential):
 
 
 class SobolevDescent(FunctionalObjective):
-    r"""Sobolev descent toward ``data`` with finite features (digest 2.4).
+    r"""Sobolev descent toward ``target`` with finite features (Mroueh et al. 2019).
 
     Parameters
     ----------
-    data : Tensor
-        Target sample ``(M, *event)`` (:math:`p`).
+    target : Tensor
+        Target sample ``(M, *event)`` (:math:`p`); ``data=`` is a deprecated alias.
     features : nn.Module or callable, optional
         :math:`\Phi: (B, *event) \to (B, m)`. Default: :class:`RandomFourierFeatures` with
         ``n_features`` features of bandwidth ``bandwidth``, drawn from ``seed``. A general
@@ -119,24 +138,33 @@ class SobolevDescent(FunctionalObjective):
     torch.Size([5, 2])
     """
 
-    def __init__(self, data: Tensor, features: Callable[[Tensor], Tensor] | None = None, *,
+    def __init__(self, target: Tensor = MISSING,
+                 features: Callable[[Tensor], Tensor] | None = None, *,
                  lam: float = 1e-3, n_features: int = 256, bandwidth: float = 1.0,
-                 seed: int | torch.Generator = 0, jacobian_block: int = 256):
-        self.data = check_particles(data, "data")
+                 seed: int | torch.Generator = 0, jacobian_block: int = 256,
+                 data: Tensor = MISSING):
+        target, self._target_name = renamed_keyword(target, data, "target", "data",
+                                                    "SobolevDescent")
+        self.target = check_particles(target, self._target_name)
         self.lam = check_positive(lam, "lam")
         if features is None:
-            features = RandomFourierFeatures(data[0].numel(), n_features, bandwidth, seed=seed,
-                                             dtype=data.dtype, device=data.device)
+            features = RandomFourierFeatures(target[0].numel(), n_features, bandwidth,
+                                             seed=seed, dtype=target.dtype,
+                                             device=target.device)
         elif not callable(features):
             raise TypeError(f"features must be an nn.Module or a callable, got "
                             f"{type(features).__name__}")
         self.features = features
-        if isinstance(jacobian_block, bool) or not isinstance(jacobian_block, int) \
-                or jacobian_block < 1:
-            raise ValueError(f"jacobian_block must be a positive int, got {jacobian_block!r}")
-        self.jacobian_block = jacobian_block
+        self.jacobian_block = check_int(jacobian_block, "jacobian_block")
         with torch.no_grad():
-            self.mean_p = self._phi(self.data).mean(0)  # E_p Phi, fixed
+            self.mean_p = self._phi(self.target).mean(0)  # E_p Phi, fixed
+
+    @property
+    def data(self) -> Tensor:
+        """Deprecated alias of :attr:`target`."""
+        warnings.warn("SobolevDescent.data is deprecated; use .target", DeprecationWarning,
+                      stacklevel=2)
+        return self.target
 
     def _phi(self, x: Tensor) -> Tensor:
         out = self.features(x)
@@ -144,12 +172,24 @@ class SobolevDescent(FunctionalObjective):
             raise ValueError("features must map (B, *event) to (B, m)")
         return out
 
-    def validate(self, x: Tensor) -> None:
-        check_particles(x, "x")
-        check_compatible(x, self.data, "x", "data")
+    def validate(self, x: Tensor, *, finite: bool = True) -> None:
+        """Particles of the target's event shape, device and dtype (and finite).
+
+        Every public method runs it in full, :meth:`first_variation` included: its Cholesky
+        solve synchronises with the device anyway, so the finiteness test costs nothing more
+        (and a NaN would otherwise surface as a linear-algebra error).
+        """
+        check_particles(x, "x", finite=False)
+        check_compatible(x, self.target, "x", self._target_name)
+        if finite:
+            check_finite(x, "x")
 
     def gram(self, x: Tensor) -> Tensor:
         r""":math:`D_q = \frac1N\sum_i \nabla\Phi(x_i)\nabla\Phi(x_i)^\top`, ``(m, m)``."""
+        self.validate(x)
+        return self._gram(x)
+
+    def _gram(self, x: Tensor) -> Tensor:
         f = self.features
         if isinstance(f, RandomFourierFeatures):
             s = f.sines(x)
@@ -168,19 +208,25 @@ class SobolevDescent(FunctionalObjective):
 
     def critic(self, x: Tensor) -> Tensor:
         r""":math:`a^* = (D_q + \lambda I)^{-1}(\mathbb E_p\Phi - \mathbb E_q\Phi)`."""
+        self.validate(x)
+        return self._critic(x)
+
+    def _critic(self, x: Tensor) -> Tensor:
         x = x.detach()
         with torch.no_grad():
             delta = self.mean_p - self._phi(x).mean(0)
-        d = self.gram(x).detach()
+        d = self._gram(x).detach()
         d = d + self.lam * torch.eye(d.shape[0], dtype=d.dtype, device=d.device)
         # D + lam I is symmetric positive definite: Cholesky is the stable, cheap solve
         chol = torch.linalg.cholesky(d)
         return torch.cholesky_solve(delta[:, None], chol)[:, 0]
 
     def first_variation(self, x: Tensor) -> SobolevCritic:
-        return SobolevCritic(self.features, self.critic(x))
+        self.validate(x)
+        return SobolevCritic(self.features, self._critic(x))
 
     def feature_mmd2(self, x: Tensor) -> Tensor:
         r""":math:`\|\mathbb E_p\Phi - \mathbb E_q\Phi\|^2`, the MMD^2 of the feature kernel."""
+        self.validate(x)
         with torch.no_grad():
             return (self.mean_p - self._phi(x).mean(0)).pow(2).sum()
