@@ -14,6 +14,8 @@ from flowkit.potential import FunctionPotential, Potential
 from flowkit.objective import FunctionalObjective
 from flowkit.layers import GradientLayer, GradientLayerStack
 from flowkit.descent import FlowDivergedError, FlowResult, FlowState, FunctionalGradientDescent
+from flowkit.checkpoints import CheckpointError
+from flowkit.serialization import UntrustedFileError
 from flowkit import datasets, kernels, monitors, objectives, theory
 from flowkit import critics, games, generators
 from flowkit import plotting
@@ -29,6 +31,8 @@ __all__ = [
     "FlowResult",
     "FlowState",
     "FlowDivergedError",
+    "CheckpointError",
+    "UntrustedFileError",
     "RunFolder",
     "datasets",
     "kernels",

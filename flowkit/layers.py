@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,23 +118,31 @@ class GradientLayerStack(nn.Module):
         Refuses to replace an existing file unless ``overwrite=True``; the write goes to a
         temporary file first, so an interrupted save never corrupts an earlier one.
         """
+        from flowkit.checkpoints import atomic_write
+
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": _FORMAT, "version": _FORMAT_VERSION, "stack": self}, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            torch.save({"format": _FORMAT, "version": _FORMAT_VERSION, "stack": self}, tmp)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None, *,
+             trusted_classes: Iterable[Any] = (), weights_only: bool = True
              ) -> GradientLayerStack:
-        """Load a stack written by :meth:`save`.
+        """Load a stack written by :meth:`save`, without running code from the file.
 
-        The file holds pickled modules (critic networks, kernel objects), so only load
-        files you trust, as with any ``torch.load(weights_only=False)``.
+        The file is read with ``torch.load(weights_only=True)`` and only flowkit's own
+        layers, potentials, critics and kernels (and torch's ``nn`` layers) are rebuilt
+        (:mod:`flowkit.serialization`). A stack holding your own potential class loads when
+        you name it in ``trusted_classes``; ``weights_only=False`` unpickles anything, so
+        a crafted file can run code: use either only for files you trust.
         """
-        blob = torch.load(path, map_location=map_location, weights_only=False)
+        from flowkit.serialization import safe_load
+
+        blob = safe_load(path, what=f"layer stack {str(path)!r}", map_location=map_location,
+                         trusted_classes=trusted_classes, weights_only=weights_only)
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a flowkit GradientLayerStack file")
         if blob["version"] > _FORMAT_VERSION:

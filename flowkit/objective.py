@@ -59,6 +59,27 @@ class FunctionalObjective(abc.ABC):
 
         check_particles(x, "x")
 
+    def reference_scale(self, x: Tensor) -> float | None:
+        """A length scale of the problem, for the engine's divergence rule (``max_growth``).
+
+        Default: the largest ``|entry|`` of the objective's public tensors that live in the
+        particles' space (a target sample ``(M, *event)`` or a point ``event``), e.g. the
+        target of an MMD; ``None`` if there is none. Override where a better scale is known.
+        """
+        event = tuple(x.shape[1:])
+        scales = [float(v.detach().abs().amax()) for name, v in vars(self).items()
+                  if not name.startswith("_") and isinstance(v, Tensor) and v.numel()
+                  and v.device.type != "meta"
+                  and (tuple(v.shape[1:]) == event or tuple(v.shape) == event)]
+        return max(scales) if scales else None
+
+    def on_run_start(self, *, resumed: bool) -> None:
+        """Called by the engine before the first step of a run (``resumed`` after a resume).
+
+        Objectives that write outside the run (a layer history on disk) check here that
+        they will not overwrite another run's files (default: nothing).
+        """
+
     def after_step(self, layer: GradientLayer) -> None:
         """Called by the engine with the layer it just applied (default: nothing).
 

@@ -167,3 +167,24 @@ def test_adversarial_bad_inputs():
         flow.run(torch.zeros(10, 2, dtype=torch.float64), 1)
     with pytest.raises(ValueError, match="missing"):
         AdversarialObjective(critic, data).load_state_dict({"critic": {}})
+
+
+def test_a_used_history_dir_is_refused_unless_resuming(tmp_path):
+    data = _eight(60)
+    x0 = _x0(60)
+    directory = tmp_path / "layers"
+    fk.FunctionalGradientDescent(_objective(data, history_dir=directory), 0.1,
+                                 progress=False).run(x0, 2, checkpoint=tmp_path / "a.ckpt")
+    stamps = [p.stat().st_mtime_ns for p in sorted(directory.iterdir())]
+    second = _objective(data, history_dir=directory)
+    with pytest.raises(ValueError, match="already holds 2 layer file"):
+        fk.FunctionalGradientDescent(second, 0.1, progress=False).run(x0, 2)
+    assert [p.stat().st_mtime_ns for p in sorted(directory.iterdir())] == stamps
+    # resuming the run that wrote them continues the same history
+    res = fk.FunctionalGradientDescent(_objective(data, history_dir=directory), 0.1,
+                                       progress=False).resume(tmp_path / "a.ckpt", 3)
+    history = LayerHistory.open(directory)
+    assert len(history) == 3 and torch.equal(history(x0), res.layers(x0))
+    # the history itself never overwrites an earlier one's files
+    with pytest.raises(FileExistsError, match="LayerHistory.open"):
+        LayerHistory(directory).append(res.layers[0])
