@@ -1,9 +1,9 @@
 """Checkpoint files of :class:`flowkit.FunctionalGradientDescent`: format, checks, safe I/O.
 
 A checkpoint is one file plus, when the run keeps its layers, a sidecar directory
-``<file>.layers/`` holding one file per layer (``layer_00001.pt``, ...). Each checkpoint
-rewrites only the small main file and *appends* the layers added since the previous one,
-so its cost per step does not grow with the number of layers.
+``<file>.layers/`` of append-only segment files: each checkpoint writes the layers added
+since the previous one to a new file ``layers_<first>-<last>.pt`` and rewrites only the
+small main file, so its cost per step does not grow with the number of layers.
 
 The main file is ``torch.save`` of a plain dictionary: ``format``, ``version``, ``meta``
 (what the checkpoint belongs to: objective class and a digest of its configuration, step
@@ -83,8 +83,8 @@ def layers_dir(path: Path) -> Path:
     return path.with_name(path.name + ".layers")
 
 
-def layer_file(directory: Path, k: int) -> Path:
-    return directory / f"layer_{k:05d}.pt"
+def segment_file(directory: Path, first: int, last: int) -> Path:
+    return directory / f"layers_{first:05d}-{last:05d}.pt"
 
 
 def check_target(path: Any, name: str = "checkpoint") -> Path:
@@ -148,14 +148,14 @@ def read_payload(blob: dict[str, Any], path: Path, trusted_classes: Iterable[Any
 
 def read_layers(path: Path, blob: dict[str, Any], trusted_classes: Iterable[Any] = (),
                 map_location: Any = None) -> list[nn.Module]:
-    """The layers the checkpoint references, each file checked against its SHA-256."""
+    """The layers the checkpoint references, each segment file checked against its SHA-256."""
     info = blob.get("layers")
     if info is None:
         return []
     directory = layers_dir(path)
-    layers = []
-    for k, digest in enumerate(info["sha256"], start=1):
-        file = layer_file(directory, k)
+    layers: list[nn.Module] = []
+    for first, last, digest in info["segments"]:
+        file = segment_file(directory, first, last)
         try:
             data = file.read_bytes()
         except OSError as err:
@@ -165,8 +165,14 @@ def read_layers(path: Path, blob: dict[str, Any], trusted_classes: Iterable[Any]
         if sha256(data) != digest:
             raise CheckpointError(f"layer file {file} is corrupted or from another run: it "
                                   "does not match the checksum recorded in the checkpoint")
-        layers.append(_load(io.BytesIO(data), f"layer file {str(file)!r}", trusted_classes,
-                            map_location))
+        segment = _load(io.BytesIO(data), f"layer file {str(file)!r}", trusted_classes,
+                        map_location)
+        if not isinstance(segment, list) or len(segment) != last - first + 1:
+            raise CheckpointError(f"layer file {file} does not hold layers {first}..{last}")
+        layers += segment
+    if len(layers) != info["n"]:
+        raise CheckpointError(f"checkpoint {path} lists {len(layers)} layers, expected "
+                              f"{info['n']}")
     return layers
 
 
@@ -182,14 +188,14 @@ def _load(source: Any, what: str, trusted_classes: Iterable[Any],
                               "file is truncated, corrupted or not a checkpoint") from None
 
 
-def copy_layers(src: Path, dst: Path, n: int) -> None:
-    """Copy layers 1..n of ``src``'s sidecar into ``dst``'s (a continuation's new target)."""
+def copy_segments(src: Path, dst: Path, segments: list[list[Any]]) -> None:
+    """Copy the layer files of ``src`` into ``dst``'s sidecar (a continuation's new target)."""
     a, b = layers_dir(src), layers_dir(dst)
-    if a == b:
+    if a.resolve() == b.resolve():
         return
     b.mkdir(exist_ok=True)
-    for k in range(1, n + 1):
-        shutil.copyfile(layer_file(a, k), layer_file(b, k))
+    for first, last, _ in segments:
+        shutil.copyfile(segment_file(a, first, last), segment_file(b, first, last))
 
 
 # ----------------------------------------------------------------------------- identity

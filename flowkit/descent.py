@@ -222,7 +222,7 @@ class FunctionalGradientDescent:
         """
         self.objective.validate(x0)
         n_steps = _check_n_steps(n_steps)
-        writer = self._writer(checkpoint, checkpoint_every, overwrite_checkpoint, saved=0)
+        writer = self._writer(checkpoint, checkpoint_every, overwrite_checkpoint)
         x0 = x0.detach().clone()
         state = {"step": 0, "n_steps": n_steps, "particles": x0,
                  "history": {"step": []}, "trace": self._new_trace(),
@@ -286,10 +286,11 @@ class FunctionalGradientDescent:
                 f"checkpoint {path} belongs to a {meta['objective']} configured differently: "
                 f"{differences}; build the objective as in the original run")
         self.objective.validate(state["particles"])
+        segments = blob["layers"]["segments"] if has_layers and self.keep_layers else []
         writer = self._writer(checkpoint, checkpoint_every, overwrite_checkpoint,
-                              saved=len(state["layers"] or ()), same_as=path)
-        if writer is not None and writer.path != path and has_layers and self.keep_layers:
-            ckpt.copy_layers(path, writer.path, len(state["layers"]))
+                              segments=segments, same_as=path)
+        if writer is not None and segments:
+            ckpt.copy_segments(path, writer.path, segments)
         set_rng_state(payload["rng"], state["particles"].device)
         self.objective.on_run_start(resumed=True)
         return self._loop(state, writer)
@@ -306,8 +307,9 @@ class FunctionalGradientDescent:
         scale = max(float(x0.abs().amax()) if x0.numel() else 0.0, float(ref or 0.0))
         return scale if scale > 0 else 1.0
 
-    def _writer(self, checkpoint: Any, every: int, overwrite: bool, saved: int,
-                same_as: Path | None = None) -> _Checkpointer | None:
+    def _writer(self, checkpoint: Any, every: int, overwrite: bool,
+                segments: Sequence[list[Any]] = (), same_as: Path | None = None
+                ) -> _Checkpointer | None:
         every = check_int(every, "checkpoint_every")
         if checkpoint is None:
             return None
@@ -317,7 +319,7 @@ class FunctionalGradientDescent:
                     "resume from" if same_as is not None and path.resolve() == same_as.resolve()
                     else "resume from it with flow.resume(...) or pass overwrite_checkpoint=True")
             raise FileExistsError(f"checkpoint {path} exists; {hint}")
-        return _Checkpointer(self, path, every, saved)
+        return _Checkpointer(self, path, every, list(segments))
 
     def _meta(self, x: Tensor) -> dict[str, Any]:
         import flowkit
@@ -494,12 +496,12 @@ class _Guard:
 
 
 class _Checkpointer:
-    """Writes a run's checkpoints: layers appended to the sidecar, then the main file."""
+    """Writes a run's checkpoints: new layers appended to the sidecar, then the main file."""
 
-    def __init__(self, engine: FunctionalGradientDescent, path: Path, every: int, saved: int):
+    def __init__(self, engine: FunctionalGradientDescent, path: Path, every: int,
+                 segments: list[list[Any]]):
         self.engine, self.path, self.every = engine, path, every
-        self.layer_sha: list[str] = []
-        self.saved = saved
+        self.segments = segments  # [first, last, sha256] of each layer file written
         self.probed = False
 
     def probe(self, layer: GradientLayer | None) -> None:
@@ -516,18 +518,14 @@ class _Checkpointer:
         layers = state["layers"]
         info = None
         if layers is not None:
-            directory = ckpt.layers_dir(self.path)
-            directory.mkdir(exist_ok=True)
-            if len(self.layer_sha) < self.saved:  # resumed: hashes of the layers already there
-                for k in range(len(self.layer_sha) + 1, self.saved + 1):
-                    self.layer_sha.append(
-                        ckpt.sha256(ckpt.layer_file(directory, k).read_bytes()))
-            for k in range(len(self.layer_sha) + 1, len(layers) + 1):
-                data = ckpt.to_bytes(layers[k - 1])
-                ckpt.write_bytes(ckpt.layer_file(directory, k), data)
-                self.layer_sha.append(ckpt.sha256(data))
-            self.saved = len(layers)
-            info = {"n": len(layers), "sha256": list(self.layer_sha)}
+            done = self.segments[-1][1] if self.segments else 0
+            if len(layers) > done:  # one file for the layers since the last checkpoint
+                directory = ckpt.layers_dir(self.path)
+                directory.mkdir(exist_ok=True)
+                data = ckpt.to_bytes(list(layers.layers)[done:])
+                ckpt.write_bytes(ckpt.segment_file(directory, done + 1, len(layers)), data)
+                self.segments.append([done + 1, len(layers), ckpt.sha256(data)])
+            info = {"n": len(layers), "segments": [list(s) for s in self.segments]}
         objective, x = self.engine.objective, state["particles"]
         payload = ckpt.to_bytes({"state": {**state, "layers": None},
                                  "objective": objective.state_dict(),

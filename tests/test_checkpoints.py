@@ -73,10 +73,10 @@ def test_a_damaged_file_raises_one_named_error(ck, damage):
 
 
 def test_a_damaged_layer_file_is_detected(ck):
-    layer = ck.with_name(ck.name + ".layers") / "layer_00003.pt"
+    layer = ck.with_name(ck.name + ".layers") / "layers_00003-00004.pt"
     layer.write_bytes(layer.read_bytes()[:-10])
     y, _ = _problem()
-    with pytest.raises(fk.CheckpointError, match="layer_00003"):
+    with pytest.raises(fk.CheckpointError, match="layers_00003-00004"):
         _flow(y).resume(ck, 8)
 
 
@@ -169,8 +169,11 @@ def test_layers_are_appended_not_rewritten(tmp_path):
     y, x0 = _problem()
     path = tmp_path / "run.ckpt"
     _flow(y).run(x0, 4, checkpoint=path, checkpoint_every=2)
-    layer1 = path.with_name(path.name + ".layers") / "layer_00001.pt"
-    stamp = layer1.stat().st_mtime_ns
+    sidecar = path.with_name(path.name + ".layers")
+    stamps = {p.name: p.stat().st_mtime_ns for p in sidecar.iterdir()}
+    assert sorted(stamps) == ["layers_00001-00002.pt", "layers_00003-00004.pt"]
     _flow(y).resume(path, 8, checkpoint=path, overwrite_checkpoint=True, checkpoint_every=2)
-    assert layer1.stat().st_mtime_ns == stamp
-    assert len(list(path.with_name(path.name + ".layers").iterdir())) == 8
+    assert {n: (sidecar / n).stat().st_mtime_ns for n in stamps} == stamps
+    assert sorted(p.name for p in sidecar.iterdir()) == [
+        "layers_00001-00002.pt", "layers_00003-00004.pt", "layers_00005-00006.pt",
+        "layers_00007-00008.pt"]

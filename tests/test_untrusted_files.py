@@ -85,8 +85,8 @@ def test_a_crafted_checkpoint_layer_does_not_run(tmp_path):
     _flow(y).run(x0, 2, checkpoint=path)
     blob = torch.load(path, weights_only=True)
     data = ckpt.to_bytes(_Payload(marker))
-    (tmp_path / "c.ckpt.layers" / "layer_00001.pt").write_bytes(data)
-    blob["layers"]["sha256"][0] = ckpt.sha256(data)
+    (tmp_path / "c.ckpt.layers" / "layers_00001-00002.pt").write_bytes(data)
+    blob["layers"]["segments"][0][2] = ckpt.sha256(data)
     torch.save(blob, path)
     with pytest.raises(fk.CheckpointError, match="_touch"):
         _flow(y).resume(path)
