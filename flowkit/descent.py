@@ -27,8 +27,13 @@ from torch import Tensor
 
 from flowkit import checkpoints as ckpt
 from flowkit.checkpoints import CheckpointError
-from flowkit.layers import GradientLayer, GradientLayerStack
-from flowkit.objective import FunctionalObjective
+from flowkit.layers import GradientLayer, GradientLayerStack, VelocityLayer
+from flowkit.objective import (
+    FunctionalObjective,
+    accepts_weights,
+    call_weighted,
+    gives_potential,
+)
 from flowkit.potential import Potential
 from flowkit.validation import (
     check_choice,
@@ -36,6 +41,7 @@ from flowkit.validation import (
     check_nonnegative,
     check_number,
     check_step_size,
+    check_weights,
     rng_state,
     set_rng_state,
 )
@@ -62,8 +68,10 @@ class FlowState:
     """What monitors and callbacks see at a step.
 
     ``particles`` are the particles *at* step ``step`` (before its update), ``grad`` the
-    functional gradient there (``None`` at the final step, where none was needed),
-    ``potential`` the first variation, ``elapsed`` the seconds since the run started.
+    functional gradient (the velocity) there (``None`` at the final step, where none was
+    needed), ``potential`` the first variation (``None`` for velocity-field flows),
+    ``elapsed`` the seconds since the run started, ``weights`` the particles' weights
+    (``None``: uniform).
     """
 
     step: int
@@ -73,6 +81,7 @@ class FlowState:
     objective: FunctionalObjective
     step_size: float | None
     elapsed: float
+    weights: Tensor | None = None
 
 
 @dataclass(repr=False)
@@ -97,6 +106,8 @@ class FlowResult:
         ``"n_steps"`` or ``"tolerance"``.
     wall_time : float
         Seconds, including monitors.
+    weights : Tensor or None
+        Final weights of the particles (``None``: uniform and never updated).
     """
 
     particles: Tensor
@@ -106,6 +117,7 @@ class FlowResult:
     n_steps: int
     stop_reason: str
     wall_time: float
+    weights: Tensor | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dictionary of the metrics (no tensors)."""
@@ -166,6 +178,9 @@ class FunctionalGradientDescent:
     on_growth : {"raise", "warn"}
         ``"warn"`` issues one ``RuntimeWarning`` instead of raising, for flows whose
         theory allows unbounded growth.
+    noise_seed : int
+        Seed of the per-layer noise seeds, for objectives with a ``temperature``
+        (Langevin-type layers); the layers' seeds are drawn from it in order.
 
     Examples
     --------
@@ -183,11 +198,16 @@ class FunctionalGradientDescent:
                  callbacks: Sequence[Callable[[FlowState], None]] = (), tol: float | None = None,
                  keep_layers: bool = True, progress: bool = True, check_every: int | None = None,
                  record_value: bool = False, max_growth: float | None = 1e6,
-                 on_growth: str = "raise"):
+                 on_growth: str = "raise", noise_seed: int = 0):
         if not isinstance(objective, FunctionalObjective):
             raise TypeError(
                 f"objective must be a flowkit.FunctionalObjective, got {type(objective).__name__}"
             )
+        if not gives_potential(objective) and \
+                type(objective).velocity is FunctionalObjective.velocity:
+            raise TypeError(f"objective {type(objective).__name__} must override "
+                            "first_variation(x) (a potential) or velocity(x) (a field)")
+        self.noise_seed = check_int(noise_seed, "noise_seed", 0)
         self.objective = objective
         self.schedule = check_step_size(step_size)
         self.step_size = step_size
@@ -209,9 +229,16 @@ class FunctionalGradientDescent:
         self.max_growth = max_growth
 
     # ------------------------------------------------------------------ public API
-    def run(self, x0: Tensor, n_steps: int, *, checkpoint: str | os.PathLike | None = None,
-            checkpoint_every: int = 50, overwrite_checkpoint: bool = False) -> FlowResult:
+    def run(self, x0: Tensor, n_steps: int, *, weights: Tensor | None = None,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+            overwrite_checkpoint: bool = False) -> FlowResult:
         """Run ``n_steps`` steps from particles ``x0`` (not modified).
+
+        ``weights`` ``(N,)`` (non-negative, summing to 1) weight the particles,
+        ``mu = sum_i w_i delta_{x_i}``; ``None`` is uniform. Non-uniform weights
+        need an objective whose methods take ``weights`` (see
+        :class:`~flowkit.objective.FunctionalObjective`); the objective's
+        ``update_weights`` may move them at every step.
 
         With ``checkpoint`` set, the full state is written there every
         ``checkpoint_every`` steps and at the end; :meth:`resume` continues from it. The
@@ -222,12 +249,15 @@ class FunctionalGradientDescent:
         """
         self.objective.validate(x0)
         n_steps = _check_n_steps(n_steps)
+        w = self._initial_weights(x0, weights)
         writer = self._writer(checkpoint, checkpoint_every, overwrite_checkpoint)
         x0 = x0.detach().clone()
-        state = {"step": 0, "n_steps": n_steps, "particles": x0,
+        noise = torch.Generator().manual_seed(self.noise_seed)
+        state = {"step": 0, "n_steps": n_steps, "particles": x0, "weights": w,
                  "history": {"step": []}, "trace": self._new_trace(),
                  "layers": GradientLayerStack() if self.keep_layers else None,
-                 "elapsed": 0.0, "stop_reason": None, "scale_ref": self._reference_scale(x0)}
+                 "elapsed": 0.0, "stop_reason": None, "scale_ref": self._reference_scale(x0),
+                 "noise_rng": noise.get_state()}
         self.objective.on_run_start(resumed=False)
         return self._loop(state, writer)
 
@@ -296,6 +326,25 @@ class FunctionalGradientDescent:
         return self._loop(state, writer)
 
     # ------------------------------------------------------------------ internals
+    def _updates_weights(self) -> bool:
+        return type(self.objective).update_weights is not FunctionalObjective.update_weights
+
+    def _initial_weights(self, x0: Tensor, weights: Tensor | None) -> Tensor | None:
+        """The weights the loop carries: ``None`` while they are uniform and fixed."""
+        n = x0.shape[0]
+        if weights is not None:
+            weights = check_weights(weights, n, "weights", like=x0).detach().clone()
+            if not self._updates_weights() and bool((weights == weights[0]).all()):
+                return None  # uniform: objectives without weights keep working
+        elif self._updates_weights():
+            weights = torch.full((n,), 1.0 / n, device=x0.device, dtype=x0.dtype)
+        if weights is not None:
+            method = (self.objective.first_variation if gives_potential(self.objective)
+                      else self.objective.velocity)
+            if not accepts_weights(method):
+                call_weighted(method, x0, weights)  # raises the TypeError that explains it
+        return weights
+
     def _new_trace(self) -> dict[str, list[float]]:
         trace: dict[str, list[float]] = {"grad_norm2": [], "step_size": []}
         if self.record_value:
@@ -369,7 +418,13 @@ class FunctionalGradientDescent:
         from tqdm.auto import tqdm
 
         x: Tensor = state["particles"]
+        w: Tensor | None = state.get("weights")
         history, trace, layers = state["history"], state["trace"], state["layers"]
+        objective = self.objective
+        potential_flow = gives_potential(objective)
+        updates_weights = self._updates_weights()
+        noise = torch.Generator()
+        noise.set_state(state["noise_rng"])
         start, n_steps = state["step"], state["n_steps"]
         check_every = self.check_every or (1 if x.device.type == "cpu" else 16)
         guard = _Guard(self, state["scale_ref"])
@@ -390,50 +445,69 @@ class FunctionalGradientDescent:
                 eta = float(self.schedule(k))
                 if not eta > 0:
                     raise ValueError(f"step_size schedule gave eta={eta} at step {k}; need > 0")
-                psi = self.objective.first_variation(x)
-                g = psi.grad(x)
-                pending["grad_norm2"].append(g.pow(2).flatten(1).sum(1).mean())
+                psi: Potential | None
+                if potential_flow:
+                    psi = call_weighted(objective.first_variation, x, w)
+                    g = psi.grad(x)
+                else:
+                    psi, field = None, call_weighted(objective.velocity, x, w)
+                    g = field(x)
+                sq = g.pow(2).flatten(1).sum(1)  # the L2(mu) norm, with the particles' weights
+                pending["grad_norm2"].append(sq.mean() if w is None else (w * sq).sum())
                 if self.record_value:
                     with torch.no_grad():
-                        pending["value"].append(self.objective.value(x).detach().reshape(()))
+                        value = call_weighted(objective.value, x, w)
+                        pending["value"].append(value.detach().reshape(()))
                 if k % self.monitor_every == 0:
                     guard.check()
-                    self._monitor(history, FlowState(k, x, g, psi, self.objective, eta,
-                                                     time.perf_counter() - t0), bar)
+                    self._monitor(history, FlowState(k, x, g, psi, objective, eta,
+                                                     time.perf_counter() - t0, w), bar)
                 if self.tol is not None and float(pending["grad_norm2"][-1]) <= self.tol:
                     state["stop_reason"] = "tolerance"
                     break
-                layer = GradientLayer(psi, eta)
+                noisy = {}
+                if objective.temperature is not None:
+                    seed = int(torch.randint(0, 2**62, (1,), generator=noise))
+                    noisy = {"temperature": objective.temperature, "seed": seed}
+                layer = (GradientLayer(psi, eta, **noisy) if psi is not None
+                         else VelocityLayer(field, eta, **noisy))
                 if writer is not None and not writer.probed:
                     writer.probe(layer if layers is not None else None)
                 trace["step_size"].append(eta)  # only steps actually taken
-                x = x - eta * g
-                self.objective.after_step(layer)
+                moved = x - eta * g
+                xi = layer.noise(x)
+                if xi is not None:
+                    moved = moved + xi
+                if updates_weights:
+                    w = objective.update_weights(x, w, psi, eta)
+                x = moved
+                objective.after_step(layer)
                 if layers is not None:
                     layers.append(layer)
                 k += 1
-                guard.record(k, x)
+                guard.record(k, x, w if updates_weights else None)
                 if guard.pending >= check_every or k == n_steps:
                     guard.check()
                 if self.callbacks:
                     guard.check()
                     for cb in self.callbacks:
-                        cb(FlowState(k, x, None, None, self.objective, eta,
-                                     time.perf_counter() - t0))
+                        cb(FlowState(k, x, None, None, objective, eta,
+                                     time.perf_counter() - t0, w))
                 bar.update(1)
                 if writer is not None and (k % writer.every == 0 or k == n_steps):
                     flush()
-                    state.update(step=k, particles=x, elapsed=time.perf_counter() - t0)
+                    state.update(step=k, particles=x, weights=w, noise_rng=noise.get_state(),
+                                 elapsed=time.perf_counter() - t0)
                     writer.save(state)
         finally:
             bar.close()
         flush()
         if not history["step"] or history["step"][-1] != k:
-            self._monitor(history, FlowState(k, x, None, None, self.objective, None,
-                                             time.perf_counter() - t0), None)
+            self._monitor(history, FlowState(k, x, None, None, objective, None,
+                                             time.perf_counter() - t0, w), None)
         return FlowResult(particles=x, history=history, trace=trace, layers=layers, n_steps=k,
                           stop_reason=state["stop_reason"] or "n_steps",
-                          wall_time=time.perf_counter() - t0)
+                          wall_time=time.perf_counter() - t0, weights=w)
 
     def _monitor(self, history: dict[str, list], st: FlowState, bar: Any) -> None:
         values: dict[str, Any] = {}
@@ -462,9 +536,13 @@ class _Guard:
     def pending(self) -> int:
         return len(self.scales)
 
-    def record(self, step: int, x: Tensor) -> None:
-        # one reduction serves both rules: NaN and inf propagate through amax
-        self.scales.append(x.detach().abs().amax())
+    def record(self, step: int, x: Tensor, weights: Tensor | None = None) -> None:
+        # one reduction serves both rules: NaN and inf propagate through amax (and through
+        # 0 * sum(w), which brings non-finite weights into the same scalar)
+        scale = x.detach().abs().amax()
+        if weights is not None:
+            scale = scale + 0.0 * weights.detach().sum()
+        self.scales.append(scale)
         self.last_step = step
 
     def check(self) -> None:
@@ -479,9 +557,9 @@ class _Guard:
             if not math.isfinite(scale):
                 raise FlowDivergedError(
                     step,
-                    f"the flow diverged: particles became non-finite (NaN or inf) at step "
-                    f"{step}. Lower the step size (Theorem 1 needs eta <= 1/L) or check the "
-                    "objective.", rule="non-finite")
+                    f"the flow diverged: particles (or weights) became non-finite (NaN or "
+                    f"inf) at step {step}. Lower the step size (Theorem 1 needs eta <= 1/L) "
+                    "or check the objective.", rule="non-finite")
             if limit is not None and scale > limit * self.scale_ref and not self.warned:
                 message = (
                     f"the flow diverged at step {step}: max |x| = {scale:.3g} exceeds "
