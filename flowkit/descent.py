@@ -588,8 +588,9 @@ class _Checkpointer:
         ckpt.check_picklable(objective.state_dict(),
                              f"the state of {type(objective).__name__} (state_dict())")
         if layer is not None:
-            ckpt.check_picklable(layer, f"the layers (keep_layers=True), whose potential is "
-                                        f"a {type(layer.potential).__name__}")
+            inner = getattr(layer, "potential", None) or layer.field
+            ckpt.check_picklable(layer, f"the layers (keep_layers=True), which hold a "
+                                        f"{type(inner).__name__}")
         self.probed = True
 
     def save(self, state: dict[str, Any]) -> None:
