@@ -309,7 +309,8 @@ class FunctionalGradientDescent:
                 "the engine with keep_layers=False to resume it")
         state["layers"] = (GradientLayerStack(ckpt.read_layers(path, blob, trusted_classes))
                            if self.keep_layers else None)
-        self.objective.load_state_dict(payload["objective"])
+        self.objective.load_state_dict(
+            _unshare_layers(payload["objective"], state["layers"], path))
         differences = _differences(meta["config"], ckpt.config_digest(self.objective))
         if differences:
             raise ckpt.CheckpointError(
@@ -607,11 +608,44 @@ class _Checkpointer:
             info = {"n": len(layers), "segments": [list(s) for s in self.segments]}
         objective, x = self.engine.objective, state["particles"]
         payload = ckpt.to_bytes({"state": {**state, "layers": None},
-                                 "objective": objective.state_dict(),
+                                 "objective": _share_layers(objective.state_dict(), layers),
                                  "rng": rng_state(x.device)})
         main = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "meta": self.engine._meta(x),
                 "payload": payload, "sha256": ckpt.sha256(payload), "layers": info}
         ckpt.write_bytes(self.path, ckpt.to_bytes(main))
+
+
+_SHARED = "flowkit.shared_layers"
+
+
+def _share_layers(state: dict[str, Any], layers: GradientLayerStack | None) -> dict[str, Any]:
+    """Replace a list of the engine's own layers in an objective's state by a reference.
+
+    Algorithm 1 in ``mode="paper"`` keeps the same layer objects as the engine's stack;
+    saving them again in every checkpoint would cost O(T) per checkpoint. They are stored
+    once, in the layer segments, and :func:`_unshare_layers` puts them back.
+    """
+    if layers is None or not len(layers):
+        return state
+    out = dict(state)
+    for key, value in state.items():
+        if (isinstance(value, (list, tuple)) and value and len(value) <= len(layers)
+                and all(a is b for a, b in zip(value, layers.layers))):
+            out[key] = {_SHARED: len(value)}
+    return out
+
+
+def _unshare_layers(state: dict[str, Any], layers: GradientLayerStack | None,
+                    path: Path) -> dict[str, Any]:
+    out = dict(state)
+    for key, value in state.items():
+        if isinstance(value, dict) and set(value) == {_SHARED}:
+            if layers is None or len(layers) < value[_SHARED]:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {path}: the objective's state shares {value[_SHARED]} layers "
+                    "with the engine's stack; resume with keep_layers=True")
+            out[key] = list(layers.layers)[:value[_SHARED]]
+    return out
 
 
 def _differences(saved: dict[str, str], now: dict[str, str]) -> str:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from flowkit.checkpoints import atomic_write
 from flowkit.insertion import PulledBackPotential
-from flowkit.layers import GradientLayer, GradientLayerStack
+from flowkit.layers import GradientLayer, GradientLayerStack, VelocityLayer
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
 from flowkit.serialization import safe_load
@@ -135,9 +135,10 @@ class LayerHistory(nn.Module):
         """How many layer files the directory holds (from this or an earlier history)."""
         return sum(1 for _ in self.directory.glob("layer_*.pt"))
 
-    def append(self, layer: GradientLayer) -> Path:
-        if not isinstance(layer, GradientLayer):
-            raise TypeError(f"layer must be a GradientLayer, got {type(layer).__name__}")
+    def append(self, layer: VelocityLayer) -> Path:
+        if not isinstance(layer, VelocityLayer):
+            raise TypeError(f"layer must be a GradientLayer or VelocityLayer, got "
+                            f"{type(layer).__name__}")
         path = self._file(self._n + 1)
         if path.exists() and not self._rewound:
             raise FileExistsError(
