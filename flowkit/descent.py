@@ -197,7 +197,7 @@ class FunctionalGradientDescent:
                  *, monitors: Sequence[Monitor] = (), monitor_every: int = 10,
                  callbacks: Sequence[Callable[[FlowState], None]] = (), tol: float | None = None,
                  keep_layers: bool = True, progress: bool = True, check_every: int | None = None,
-                 record_value: bool = False, max_growth: float | None = 1e6,
+                 record_value: bool = False, max_growth: float | None = 1e3,
                  on_growth: str = "raise", noise_seed: int = 0):
         if not isinstance(objective, FunctionalObjective):
             raise TypeError(

@@ -145,12 +145,12 @@ def test_monitors_never_see_non_finite_particles():
 
 @pytest.mark.parametrize("check_every", [1, 16])
 def test_growth_that_stays_finite_is_caught(check_every):
-    # QuadraticPotential: |x_k| = 2^k passes 1e6 * max|x0| = 1e6 at k = 20
+    # QuadraticPotential: |x_k| = 2^k passes 1e3 * max|x0| = 1e3 at k = 10
     flow = fk.FunctionalGradientDescent(QuadraticPotential(torch.eye(1)), 3.0, progress=False,
                                         check_every=check_every)
-    with pytest.raises(fk.FlowDivergedError, match="step 20.*rule 'growth'") as info:
+    with pytest.raises(fk.FlowDivergedError, match="step 10.*rule 'growth'") as info:
         flow.run(torch.full((3, 1), 1.0), 100)
-    assert (info.value.step, info.value.rule) == (20, "growth")
+    assert (info.value.step, info.value.rule) == (10, "growth")
     # MMD with an absurd step: particles jump to ~1e7 and then sit still, finite
     y, x0 = _mmd_problem()
     flow = fk.FunctionalGradientDescent(MMD(y, fk.kernels.Gaussian(0.5)), 1e8, progress=False,
@@ -158,6 +158,11 @@ def test_growth_that_stays_finite_is_caught(check_every):
     with pytest.raises(fk.FlowDivergedError, match="rule 'growth'") as info:
         flow.run(x0, 30)
     assert info.value.step == 1
+    # the energy distance at eta = 1e4 walks the particles to ~1e4 without overflowing
+    flow = fk.FunctionalGradientDescent(fk.objectives.EnergyDistance(y), 1e4, progress=False,
+                                        check_every=check_every)
+    with pytest.raises(fk.FlowDivergedError, match="rule 'growth'"):
+        flow.run(x0, 50)
     # off switch and warning
     quiet = fk.FunctionalGradientDescent(MMD(y, fk.kernels.Gaussian(0.5)), 1e8,
                                          progress=False, max_growth=None)
