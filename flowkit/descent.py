@@ -257,7 +257,8 @@ class FunctionalGradientDescent:
                  "history": {"step": []}, "trace": self._new_trace(),
                  "layers": GradientLayerStack() if self.keep_layers else None,
                  "elapsed": 0.0, "stop_reason": None, "scale_ref": self._reference_scale(x0),
-                 "noise_rng": noise.get_state()}
+                 "noise_rng": noise.get_state(),
+                 "config_start": ckpt.config_digest(self.objective) if writer else None}
         self.objective.on_run_start(resumed=False)
         return self._loop(state, writer)
 
@@ -309,9 +310,15 @@ class FunctionalGradientDescent:
                 "the engine with keep_layers=False to resume it")
         state["layers"] = (GradientLayerStack(ckpt.read_layers(path, blob, trusted_classes))
                            if self.keep_layers else None)
+        fresh = ckpt.config_digest(self.objective)
         self.objective.load_state_dict(
             _unshare_layers(payload["objective"], state["layers"], path))
-        differences = _differences(meta["config"], ckpt.config_digest(self.objective))
+        # An attribute differs only if it differs both before the objective's state is
+        # restored (against the original run's start) and after (against the checkpoint):
+        # run state restored by load_state_dict (a step counter) and diagnostics it does
+        # not restore (solver iteration counts) are not configuration.
+        differences = _differences(meta["config"], ckpt.config_digest(self.objective),
+                                   state.get("config_start") or meta["config"], fresh)
         if differences:
             raise ckpt.CheckpointError(
                 f"checkpoint {path} belongs to a {meta['objective']} configured differently: "
@@ -648,11 +655,12 @@ def _unshare_layers(state: dict[str, Any], layers: GradientLayerStack | None,
     return out
 
 
-def _differences(saved: dict[str, str], now: dict[str, str]) -> str:
+def _differences(saved: dict[str, str], now: dict[str, str], start: dict[str, str],
+                 fresh: dict[str, str]) -> str:
     parts = []
     for name in sorted(set(saved) | set(now)):
         a, b = saved.get(name, "(absent)"), now.get(name, "(absent)")
-        if a != b:
+        if a != b and start.get(name, "(absent)") != fresh.get(name, "(absent)"):
             parts.append(f"{name} was {_short(a)}, is {_short(b)}")
     return "; ".join(parts)
 

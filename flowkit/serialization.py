@@ -9,7 +9,8 @@ allows exactly
 * flowkit's own modules and kernels (``nn.Module`` and :class:`flowkit.kernels.Kernel`
   subclasses defined in the ``flowkit`` package, except those whose construction touches
   the file system),
-* torch's own layers (``torch.nn.modules``), and numpy scalars (monitor values),
+* torch's own layers (``torch.nn.modules``), ``torch.Generator`` and numpy scalars
+  (monitor values),
 * the classes and functions the caller names in ``trusted_classes``.
 
 The unpickler only ever *builds* objects of these classes (``__new__`` plus their state):
@@ -70,7 +71,8 @@ def safe_globals_for(trusted_classes: Iterable[Any] = ()) -> list[Any]:
                 allowed.append(cls)
             elif base is nn.Module and module.startswith("torch.nn.modules."):
                 allowed.append(cls)
-    allowed.append(set)
+    # generators (noisy potentials hold one) are rebuilt from a device and a state tensor
+    allowed += [set, torch.Generator]
     # numpy scalars and dtypes, as monitors may record them (rebuilt from bytes, no code)
     multiarray = getattr(np, "_core", None) or np.core  # numpy >= 2 renamed the module
     allowed += [multiarray.multiarray.scalar, np.dtype]

@@ -10,6 +10,7 @@ import flowkit as fk
 from flowkit import checkpoints as ckpt
 from flowkit.objectives import MMD
 from flowkit.objectives.adversarial import LayerHistory
+from flowkit.serialization import safe_load
 
 MARKER: list[pathlib.Path] = []
 
@@ -107,15 +108,13 @@ def test_builtin_stacks_load_and_own_classes_need_trust(tmp_path):
         fk.GradientLayerStack.load(path)
     loaded = fk.GradientLayerStack.load(path, trusted_classes=[MyPotential])
     assert torch.equal(loaded(x0), stack(x0))
-    # critics pulled back through torch.tanh (Algorithm 1's layers) load with no trust
-    critic = fk.critics.WGANGPCritic(dim=2, hidden=8, steps=2, seed=0)
-    obj = fk.objectives.AdversarialObjective(critic, 0.7 * torch.tanh(y), output_map=torch.tanh)
-    layers = fk.FunctionalGradientDescent(obj, 0.1, progress=False).run(x0, 2).layers
-    buffer = io.BytesIO()
-    layers.save(tmp_path / "adv.pt")
-    top = fk.layers.insert_top(None, fk.GradientLayerStack.load(tmp_path / "adv.pt"))
-    torch.save(top, buffer)
+    # potentials pulled back through torch.tanh (top insertion) load with no trust; the
+    # critics' own classes are loaded in test_adversarial's stack round trip
+    layers = fk.insertion.pull_back(_flow(y).run(x0, 2).layers, torch.tanh)
+    layers.save(tmp_path / "top.pt")
+    top = fk.layers.insert_top(None, fk.GradientLayerStack.load(tmp_path / "top.pt"))
     assert torch.equal(top(x0), torch.tanh(layers(x0)))
-    from flowkit.serialization import safe_load
+    buffer = io.BytesIO()
+    torch.save(top, buffer)
     buffer.seek(0)
     assert torch.equal(safe_load(buffer, what="top")(x0), top(x0))
