@@ -206,11 +206,12 @@ def config_digest(obj: Any) -> dict[str, str]:
     by value; objects by their ``repr`` when it is informative, else by class name and
     their own plain attributes. Private attributes (``_name``) are left out.
     """
-    return {name: _describe(value, 0) for name, value in sorted(vars(obj).items())
+    return {name: describe(value, 0) for name, value in sorted(vars(obj).items())
             if not name.startswith("_")}
 
 
-def _describe(value: Any, depth: int) -> str:
+def describe(value: Any, depth: int = 0) -> str:
+    """A short, address-free description of a configuration value (see config_digest)."""
     if isinstance(value, Tensor):
         if value.device.type == "meta":
             return f"Tensor{tuple(value.shape)} {value.dtype}"
@@ -221,12 +222,12 @@ def _describe(value: Any, depth: int) -> str:
     if value is None or isinstance(value, (bool, int, float, str)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        inner = ", ".join(_describe(v, depth + 1) for v in value) if depth < 3 else "..."
+        inner = ", ".join(describe(v, depth + 1) for v in value) if depth < 3 else "..."
         return f"[{inner}]"
     if isinstance(value, dict):
         if depth >= 3:
             return "{...}"
-        return "{" + ", ".join(f"{k!r}: {_describe(v, depth + 1)}"
+        return "{" + ", ".join(f"{k!r}: {describe(v, depth + 1)}"
                                for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) + "}"
     if isinstance(value, torch.Generator):
         return "torch.Generator"  # its state is run state, restored by the checkpoint
@@ -242,4 +243,4 @@ def _describe(value: Any, depth: int) -> str:
         return name
     plain = {k: v for k, v in vars(value).items() if not k.startswith("_")
              and (v is None or isinstance(v, (bool, int, float, str)))}
-    return f"{name}({_describe(plain, depth + 1)})"
+    return f"{name}({describe(plain, depth + 1)})"

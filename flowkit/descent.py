@@ -242,10 +242,11 @@ class FunctionalGradientDescent:
 
         With ``checkpoint`` set, the full state is written there every
         ``checkpoint_every`` steps and at the end; :meth:`resume` continues from it. The
-        layers go to a sidecar directory ``<checkpoint>.layers/``, one file per layer,
-        appended as the run goes. An existing checkpoint file is never replaced unless
-        ``overwrite_checkpoint``. The location, ``checkpoint_every`` and whether the
-        objective's state and layers can be saved are all checked before the first step.
+        layers go to a sidecar directory ``<checkpoint>.layers/``, one append-only file
+        per checkpoint holding the layers added since the previous one. An existing
+        checkpoint file is never replaced unless ``overwrite_checkpoint``. The location,
+        ``checkpoint_every`` and whether the objective's state and layers can be saved are
+        all checked before the first step.
         """
         self.objective.validate(x0)
         n_steps = _check_n_steps(n_steps)
@@ -303,6 +304,10 @@ class FunctionalGradientDescent:
                     f"{state['step']} (or use the checkpoint's particles directly)")
             state["n_steps"] = n_steps
         self._check_schedule(state["trace"]["step_size"], path)
+        if ("value" in state["trace"]) != self.record_value:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was run with record_value={not self.record_value}; "
+                f"build the engine with record_value={not self.record_value} to resume it")
         has_layers = blob["layers"] is not None
         if self.keep_layers and not has_layers:
             raise ckpt.CheckpointError(
@@ -383,7 +388,7 @@ class FunctionalGradientDescent:
 
         obj = self.objective
         if callable(self.step_size):
-            step = {"kind": "schedule", "name": ckpt._describe(self.step_size, 0)}
+            step = {"kind": "schedule", "name": ckpt.describe(self.step_size, 0)}
         else:
             step = {"kind": "constant", "value": float(self.step_size)}
         return {"objective": f"{type(obj).__module__}.{type(obj).__qualname__}",

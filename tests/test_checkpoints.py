@@ -202,3 +202,9 @@ def test_every_builtin_objective_resumes_bit_identically(tmp_path, name):
         tmp_path / "c.ckpt", 5)
     assert torch.equal(fresh.particles, full.particles)
     assert torch.equal(flow.resume(tmp_path / "c.ckpt", 5).particles, full.particles)
+
+
+def test_record_value_must_match_to_resume(ck):
+    y, _ = _problem()
+    with pytest.raises(fk.CheckpointError, match="record_value=False"):
+        _flow(y, record_value=True).resume(ck, 8)
