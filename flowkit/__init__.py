@@ -12,8 +12,16 @@ __version__ = "0.1.0"
 # built on it, then plotting and run folders.
 from flowkit.potential import FunctionPotential, Potential
 from flowkit.objective import FunctionalObjective
-from flowkit.layers import GradientLayer, GradientLayerStack
+from flowkit.layers import (
+    GradientField,
+    GradientLayer,
+    GradientLayerStack,
+    VelocityField,
+    VelocityLayer,
+)
 from flowkit.descent import FlowDivergedError, FlowResult, FlowState, FunctionalGradientDescent
+from flowkit.checkpoints import CheckpointError
+from flowkit.serialization import UntrustedFileError
 from flowkit import datasets, kernels, monitors, nn, objectives, theory
 from flowkit import critics, games, generators
 from flowkit import plotting
@@ -25,10 +33,15 @@ __all__ = [
     "FunctionalObjective",
     "GradientLayer",
     "GradientLayerStack",
+    "VelocityField",
+    "GradientField",
+    "VelocityLayer",
     "FunctionalGradientDescent",
     "FlowResult",
     "FlowState",
     "FlowDivergedError",
+    "CheckpointError",
+    "UntrustedFileError",
     "RunFolder",
     "datasets",
     "kernels",

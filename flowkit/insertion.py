@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.potential import Potential
+from flowkit.serialization import MapState
 
 if TYPE_CHECKING:  # flowkit.layers re-exports this module's functions: import it lazily
     from flowkit.layers import GradientLayer, GradientLayerStack
@@ -58,7 +59,7 @@ def _check_layers(layers: object) -> None:
                         f"GradientLayer or an on-disk history), got {type(layers).__name__}")
 
 
-class PulledBackPotential(Potential):
+class PulledBackPotential(MapState, Potential):
     r"""The potential :math:`\psi \circ h`: a potential seen through a fixed map ``h``.
 
     With :math:`\psi = -f` a critic snapshot and ``h`` the part of the generator above the
@@ -85,6 +86,8 @@ class PulledBackPotential(Potential):
         self.potential = potential
         self.inner = inner
 
+    _map_attributes = ("inner",)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.potential(self.inner(x))
 
@@ -106,7 +109,7 @@ def pull_back(layers: Iterable[GradientLayer], inner: OutputMap) -> GradientLaye
     return out
 
 
-class TopInsertion(nn.Module):
+class TopInsertion(MapState, nn.Module):
     r"""``output_map(layers(generator(z)))``: gradient layers below a fixed output map.
 
     The layers' potentials must act on the generator's pre-``output_map`` values, i.e. be
@@ -124,13 +127,15 @@ class TopInsertion(nn.Module):
         self.layers = layers
         self.output_map = output_map
 
+    _map_attributes = ("generator", "output_map")
+
     def forward(self, z: Tensor) -> Tensor:
         x = z if self.generator is None else self.generator(z)
         x = self.layers(x)
         return x if self.output_map is None else self.output_map(x)
 
 
-class BottomInsertion(nn.Module):
+class BottomInsertion(MapState, nn.Module):
     r"""``generator(layers(z))``: gradient layers on the latent input of a generator.
 
     Each layer is :math:`z + \eta \nabla_z f(g(z))`; the potentials act on latents
@@ -144,6 +149,8 @@ class BottomInsertion(nn.Module):
         _check_layers(layers)
         self.generator = generator
         self.layers = layers
+
+    _map_attributes = ("generator",)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(self.layers(z))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import sys
@@ -38,7 +39,11 @@ def library_versions() -> dict[str, str]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Convert tensors, arrays, paths and numpy scalars into plain JSON values."""
+    """Convert tensors, arrays, paths and numpy scalars into plain JSON values.
+
+    NaN and the infinities are not JSON: NaN becomes ``null`` and ``+/-inf`` the strings
+    ``"inf"`` and ``"-inf"`` (so a reader can tell "missing" from "unbounded").
+    """
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -46,9 +51,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "tolist"):  # torch.Tensor, numpy arrays and scalars
-        return value.tolist()
-    if isinstance(value, float) and value != value:
-        return None  # NaN is not JSON
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
@@ -91,17 +96,35 @@ class RunFolder:
         )
 
     def file(self, filename: str) -> Path:
-        """Path of a new file in the run folder; raises if it already exists."""
-        target = self.path / filename
+        """Path of a new file in the run folder; raises if it already exists.
+
+        ``filename`` is a name relative to the folder (subfolders allowed, created as
+        needed); an absolute path or one that leads outside the folder (``..``) is refused.
+        """
+        if not isinstance(filename, (str, os.PathLike)) or not str(filename):
+            raise ValueError(f"filename must be a non-empty relative path, got {filename!r}")
+        name = Path(filename)
+        root = self.path.resolve()
+        target = (self.path / name).resolve()
+        if name.is_absolute() or (target != root and root not in target.parents):
+            raise ValueError(f"filename must stay inside the run folder {self.path}, got "
+                             f"{str(filename)!r}; pass a relative name such as 'results.json'")
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             raise FileExistsError(f"{target} already exists; run folders are never overwritten")
         return target
 
     def write_json(self, filename: str, obj: Any) -> Path:
-        """Write ``obj`` as JSON (tensors and arrays converted to lists)."""
+        """Write ``obj`` as strict JSON (tensors and arrays converted to lists).
+
+        NaN is written as ``null``, ``inf`` and ``-inf`` as the strings ``"inf"`` and
+        ``"-inf"``: the file is valid JSON for any reader.
+        """
         target = self.file(filename)
+        text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
         with open(target, "x", encoding="utf-8") as fh:
-            json.dump(_jsonable(obj), fh, indent=2)
+            fh.write(text)
             fh.write("\n")
         return target
 

@@ -256,7 +256,7 @@ def _objective_entries() -> list[Entry]:
         "InteractionEnergy": (lambda confinement, attraction: obj.InteractionEnergy(
             confinement, attraction), {"confinement": lambda: 1.0, "attraction": lambda: 1.0},
             {"confinement": "nonneg", "attraction": "nonneg"}),
-        "QuadraticPotential": (lambda A: obj.QuadraticPotential(A), {"A": _quadratic_A},
+        "QuadraticObjective": (lambda A: obj.QuadraticObjective(A), {"A": _quadratic_A},
                                {"A": "sample"}),
     }
     for name, (make, good, kinds) in makers.items():
@@ -315,7 +315,7 @@ def _monitor_entries() -> list[Entry]:
               {"target": "particles", "x": "particles"}, names={"x": "particles"}),
         Entry("monitors.W1", lambda target, x: m.W1(target)(x), {"target": _y, "x": _x},
               {"target": "particles", "x": "particles"}, names={"x": "particles"}),
-        Entry("monitors.MMDMonitor", lambda target, x: m.MMDMonitor(target)(x),
+        Entry("monitors.MMD", lambda target, x: m.MMD(target)(x),
               {"target": _y, "x": _x}, {"target": "particles", "x": "particles"},
               names={"x": "particles"}),
     ]
@@ -372,7 +372,7 @@ def _critic_entries() -> list[Entry]:
             dim=dim, hidden=hidden, lr=lr), {"dim": lambda: 2, "hidden": lambda: 8,
                                              "lr": lambda: 1e-3},
               {"dim": "count", "hidden": "count", "lr": "positive"}),
-        Entry("critics.MLP", lambda in_features, hidden, depth: c.MLP(in_features, 1, hidden,
+        Entry("nn.MLP", lambda in_features, hidden, depth: fk.nn.MLP(in_features, 1, hidden,
                                                                        depth),
               {"in_features": lambda: 2, "hidden": lambda: 8, "depth": lambda: 2},
               {"in_features": "count", "hidden": "count", "depth": "count"}),

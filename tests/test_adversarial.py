@@ -167,3 +167,42 @@ def test_adversarial_bad_inputs():
         flow.run(torch.zeros(10, 2, dtype=torch.float64), 1)
     with pytest.raises(ValueError, match="missing"):
         AdversarialObjective(critic, data).load_state_dict({"critic": {}})
+
+
+def test_a_used_history_dir_is_refused_unless_resuming(tmp_path):
+    data = _eight(60)
+    x0 = _x0(60)
+    directory = tmp_path / "layers"
+    fk.FunctionalGradientDescent(_objective(data, history_dir=directory), 0.1,
+                                 progress=False).run(x0, 2, checkpoint=tmp_path / "a.ckpt")
+    stamps = [p.stat().st_mtime_ns for p in sorted(directory.iterdir())]
+    second = _objective(data, history_dir=directory)
+    with pytest.raises(ValueError, match="already holds 2 layer file"):
+        fk.FunctionalGradientDescent(second, 0.1, progress=False).run(x0, 2)
+    assert [p.stat().st_mtime_ns for p in sorted(directory.iterdir())] == stamps
+    # resuming the run that wrote them continues the same history
+    res = fk.FunctionalGradientDescent(_objective(data, history_dir=directory), 0.1,
+                                       progress=False).resume(tmp_path / "a.ckpt", 3)
+    history = LayerHistory.open(directory)
+    assert len(history) == 3 and torch.equal(history(x0), res.layers(x0))
+    # the history itself never overwrites an earlier one's files
+    with pytest.raises(FileExistsError, match="LayerHistory.open"):
+        LayerHistory(directory).append(res.layers[0])
+
+
+def test_paper_mode_checkpoints_store_the_shared_layers_once(tmp_path):
+    data = _eight(60)
+    x0 = _x0(60)
+    sizes = {}
+    for n in (2, 6):
+        path = tmp_path / f"paper{n}.ckpt"
+        fk.FunctionalGradientDescent(_objective(data, "paper"), 0.1, progress=False).run(
+            x0, n, checkpoint=path, checkpoint_every=2)
+        sizes[n] = len(torch.load(path, weights_only=True)["payload"])
+    # the payload does not grow with the layers: the objective's layers point into the
+    # layer segments (one segment file holds two layers)
+    segment = (tmp_path / "paper2.ckpt.layers" / "layers_00001-00002.pt").stat().st_size
+    assert sizes[6] - sizes[2] < 0.25 * segment
+    resumed = _objective(data, "paper", seed=5)
+    res = fk.FunctionalGradientDescent(resumed, 0.1, progress=False).resume(path, 7)
+    assert len(resumed.layers) == 7 and resumed.layers[0] is res.layers[0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import flowkit as fk
-from flowkit.objectives import MMD, QuadraticPotential
+from flowkit.objectives import MMD, QuadraticObjective
 
 
 def _mmd_problem(n=60, seed=0):
@@ -50,7 +50,7 @@ def test_monitoring_does_not_change_the_particles():
 
 
 def test_tolerance_stops_early():
-    obj = QuadraticPotential(torch.eye(2, dtype=torch.float64))
+    obj = QuadraticObjective(torch.eye(2, dtype=torch.float64))
     x0 = torch.randn(20, 2, dtype=torch.float64)
     res = fk.FunctionalGradientDescent(obj, 0.5, tol=1e-8, progress=False).run(x0, 1000)
     assert res.stop_reason == "tolerance"
@@ -60,13 +60,14 @@ def test_tolerance_stops_early():
 
 @pytest.mark.parametrize("check_every", [1, 7])
 def test_divergence_names_the_first_nonfinite_step(check_every):
-    obj = QuadraticPotential(torch.eye(1))
+    obj = QuadraticObjective(torch.eye(1))
     x0 = torch.full((3, 1), 1.0)
     # x_k = (1 - 3)^k: |x| = 2^k overflows float32 at k = 128
-    flow = fk.FunctionalGradientDescent(obj, 3.0, progress=False, check_every=check_every)
+    flow = fk.FunctionalGradientDescent(obj, 3.0, progress=False, check_every=check_every,
+                                        max_growth=None)
     with pytest.raises(fk.FlowDivergedError, match="step 128") as info:
         flow.run(x0, 500)
-    assert info.value.step == 128
+    assert info.value.step == 128 and info.value.rule == "non-finite"
 
 
 def test_checkpoint_resume_is_bit_identical(tmp_path):
@@ -112,3 +113,92 @@ def test_particles_stay_on_their_device():
     y, x0 = _mmd_problem()
     res = fk.FunctionalGradientDescent(MMD(y.cuda()), 0.5, progress=False).run(x0.cuda(), 3)
     assert res.particles.is_cuda
+
+
+def _blowup(**kw):
+    # x_k = (1 - 3)^k: max|x| = 2^k, finite until step 128 in float32
+    return (fk.FunctionalGradientDescent(QuadraticObjective(torch.eye(1)), 3.0, progress=False,
+                                         max_growth=None, **kw),
+            torch.full((3, 1), 1.0))
+
+
+def test_nothing_non_finite_leaves_the_loop_between_checks(tmp_path):
+    seen = []
+    flow, x0 = _blowup(check_every=1000, monitors=[lambda s: {"m": float(s.particles.max())}],
+                       monitor_every=10, callbacks=[lambda s: seen.append(s.particles)])
+    with pytest.raises(fk.FlowDivergedError, match="step 128"):
+        flow.run(x0, 500, checkpoint=tmp_path / "run.ckpt", checkpoint_every=1)
+    assert len(seen) == 127 and all(bool(torch.isfinite(x).all()) for x in seen)
+    # the last checkpoint is the last good state, not a NaN one
+    flow2, _ = _blowup(check_every=1000)
+    last = flow2.resume(tmp_path / "run.ckpt", n_steps=127)
+    assert last.n_steps == 127 and bool(torch.isfinite(last.particles).all())
+
+
+def test_monitors_never_see_non_finite_particles():
+    flow, x0 = _blowup(check_every=1000, monitors=[lambda s: {"m": float(s.particles.max())}],
+                       monitor_every=10)
+    with pytest.raises(fk.FlowDivergedError, match="step 128") as info:
+        flow.run(x0, 500)
+    assert info.value.rule == "non-finite"
+
+
+@pytest.mark.parametrize("check_every", [1, 16])
+def test_growth_that_stays_finite_is_caught(check_every):
+    # QuadraticObjective: |x_k| = 2^k passes 1e3 * max|x0| = 1e3 at k = 10
+    flow = fk.FunctionalGradientDescent(QuadraticObjective(torch.eye(1)), 3.0, progress=False,
+                                        check_every=check_every)
+    with pytest.raises(fk.FlowDivergedError, match="step 10.*rule 'growth'") as info:
+        flow.run(torch.full((3, 1), 1.0), 100)
+    assert (info.value.step, info.value.rule) == (10, "growth")
+    # MMD with an absurd step: particles jump to ~1e7 and then sit still, finite
+    y, x0 = _mmd_problem()
+    flow = fk.FunctionalGradientDescent(MMD(y, fk.kernels.Gaussian(0.5)), 1e8, progress=False,
+                                        check_every=check_every)
+    with pytest.raises(fk.FlowDivergedError, match="rule 'growth'") as info:
+        flow.run(x0, 30)
+    assert info.value.step == 1
+    # the energy distance at eta = 1e4 walks the particles to ~1e4 without overflowing
+    flow = fk.FunctionalGradientDescent(fk.objectives.EnergyDistance(y), 1e4, progress=False,
+                                        check_every=check_every)
+    with pytest.raises(fk.FlowDivergedError, match="rule 'growth'"):
+        flow.run(x0, 50)
+    # off switch and warning
+    quiet = fk.FunctionalGradientDescent(MMD(y, fk.kernels.Gaussian(0.5)), 1e8,
+                                         progress=False, max_growth=None)
+    assert quiet.run(x0, 30).n_steps == 30
+    loud = fk.FunctionalGradientDescent(MMD(y, fk.kernels.Gaussian(0.5)), 1e8,
+                                        progress=False, on_growth="warn")
+    with pytest.warns(RuntimeWarning, match="rule 'growth'"):
+        assert loud.run(x0, 30).n_steps == 30
+
+
+def test_a_sensible_run_does_not_trip_the_growth_rule():
+    # a start far inside a wide target: the target's scale is the reference
+    y = 50.0 * fk.datasets.eight_gaussians(60, seed=0)
+    x0 = 1e-3 * torch.randn(60, 2, generator=torch.Generator().manual_seed(0))
+    flow = fk.FunctionalGradientDescent(MMD(y, fk.kernels.Gaussian(20.0)), 50.0,
+                                        progress=False, max_growth=10.0)
+    assert flow.run(x0, 20).n_steps == 20
+
+
+def test_result_repr_is_short():
+    y, x0 = _mmd_problem(500)
+    res = fk.FunctionalGradientDescent(MMD(y), 0.5, progress=False).run(
+        torch.randn(500, 2), 2)
+    text = repr(res)
+    assert len(text) < 300 and "(500, 2)" in text and "n_steps=2" in text
+
+
+def test_record_value_traces_the_objective():
+    obj = QuadraticObjective(torch.eye(2, dtype=torch.float64))
+    x0 = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    res = fk.FunctionalGradientDescent(obj, 0.5, progress=False, record_value=True,
+                                       check_every=4).run(x0, 6)
+    x, expected = x0, []
+    for _ in range(6):
+        expected.append(float(obj.value(x)))
+        x = x - 0.5 * obj.functional_gradient(x)
+    assert res.trace["value"] == pytest.approx(expected, rel=1e-12)
+    assert "value" not in fk.FunctionalGradientDescent(obj, 0.5, progress=False).run(
+        x0, 1).trace

@@ -14,7 +14,7 @@ def _stack(n_layers=4):
 
 
 def test_layer_is_x_minus_eta_grad():
-    psi = fk.objectives.QuadraticPotential(2 * torch.eye(2)).first_variation(torch.zeros(1, 2))
+    psi = fk.objectives.QuadraticObjective(2 * torch.eye(2)).first_variation(torch.zeros(1, 2))
     layer = fk.GradientLayer(psi, step_size=0.1)
     x = torch.tensor([[1.0, -2.0]])
     torch.testing.assert_close(layer(x), x - 0.1 * 2 * x)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowkit as fk
-from flowkit.objectives import MMD, InteractionEnergy, QuadraticPotential
+from flowkit.objectives import MMD, InteractionEnergy, QuadraticObjective
 
 EXAMPLES = settings(max_examples=50, deadline=None)
 f64 = torch.float64
@@ -31,7 +31,7 @@ def _spd(seed, d, cond):
 def _objective(kind, seed, d):
     g = torch.Generator().manual_seed(seed)
     if kind == "quadratic":
-        return QuadraticPotential(_spd(seed, d, 30.0), torch.randn(d, generator=g, dtype=f64))
+        return QuadraticObjective(_spd(seed, d, 30.0), torch.randn(d, generator=g, dtype=f64))
     if kind == "interaction":
         return InteractionEnergy(0.1 + torch.rand(1, generator=g).item(),
                                  2 * torch.rand(1, generator=g).item(),
@@ -108,7 +108,7 @@ def test_saved_stack_regenerates_the_same_outputs(seed, n_layers, bw):
 
 def test_lipschitz_estimate_is_labelled_and_recovers_the_quadratic_constant():
     A = _spd(0, 3, 10.0)
-    psi = QuadraticPotential(A).first_variation(torch.zeros(1, 3, dtype=f64))
+    psi = QuadraticObjective(A).first_variation(torch.zeros(1, 3, dtype=f64))
     est = fk.theory.lipschitz_bound(fk.FunctionPotential(psi.forward),
                                     torch.randn(8, 3, dtype=f64), n_iter=200)
     assert est.kind == "estimate"

@@ -65,9 +65,9 @@ def test_bad_target_and_kernel_parameters():
 
 def test_quadratic_rejects_bad_matrices_and_shapes():
     with pytest.raises(ValueError, match="symmetric"):
-        fk.objectives.QuadraticPotential(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+        fk.objectives.QuadraticObjective(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="semi-definite"):
-        fk.objectives.QuadraticPotential(-torch.eye(2))
-    obj = fk.objectives.QuadraticPotential(torch.eye(2))
+        fk.objectives.QuadraticObjective(-torch.eye(2))
+    obj = fk.objectives.QuadraticObjective(torch.eye(2))
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         fk.FunctionalGradientDescent(obj, 0.1).run(torch.randn(3, 3), 1)

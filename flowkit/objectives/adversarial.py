@@ -36,17 +36,19 @@ Two ways to draw the generated minibatches :math:`\{z_i\}` of the inner loop:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from flowkit.checkpoints import atomic_write
 from flowkit.insertion import PulledBackPotential
-from flowkit.layers import GradientLayer, GradientLayerStack
+from flowkit.layers import GradientLayer, GradientLayerStack, VelocityLayer
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
+from flowkit.serialization import safe_load
 from flowkit.validation import (
     as_generator,
     check_compatible,
@@ -109,41 +111,59 @@ class LayerHistory(nn.Module):
     Parameters
     ----------
     directory : str or Path
-        Created if needed. Files of an earlier history are overwritten only from the
-        position :meth:`truncate` (or resuming a checkpoint) rewinds to.
+        Created if needed. A layer file already there is never overwritten, except from
+        the position :meth:`truncate` (or resuming a checkpoint) rewinds to: continue an
+        existing history with :meth:`open`.
+    trusted_classes : sequence of classes or functions
+        Your own classes the layer files may hold. Files are read with
+        ``torch.load(weights_only=True)`` and only flowkit's own classes plus these are
+        rebuilt (:mod:`flowkit.serialization`): name a class only if you trust the files.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, *, trusted_classes: Sequence[Any] = ()):
         super().__init__()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.trusted_classes = tuple(trusted_classes)
         self._n = 0
+        self._rewound = False
 
     def _file(self, k: int) -> Path:
         return self.directory / f"layer_{k:05d}.pt"
 
-    def append(self, layer: GradientLayer) -> Path:
-        if not isinstance(layer, GradientLayer):
-            raise TypeError(f"layer must be a GradientLayer, got {type(layer).__name__}")
+    def n_files(self) -> int:
+        """How many layer files the directory holds (from this or an earlier history)."""
+        return sum(1 for _ in self.directory.glob("layer_*.pt"))
+
+    def append(self, layer: VelocityLayer) -> Path:
+        if not isinstance(layer, VelocityLayer):
+            raise TypeError(f"layer must be a GradientLayer or VelocityLayer, got "
+                            f"{type(layer).__name__}")
         path = self._file(self._n + 1)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(layer, tmp)
-        os.replace(tmp, path)  # never leave a half-written layer behind
+        if path.exists() and not self._rewound:
+            raise FileExistsError(
+                f"{path} already holds a layer of an earlier history; continue that history "
+                "with LayerHistory.open(directory), or use a new directory")
+        with atomic_write(path) as tmp:  # never leave a half-written layer behind
+            torch.save(layer, tmp)
         self._n += 1
         return path
 
     def truncate(self, n: int) -> None:
         """Forget layers after the ``n``-th (their files are overwritten by later appends)."""
         self._n = check_int(n, "n", 0)
+        self._rewound = True
 
     def __len__(self) -> int:
         return self._n
 
     def layer(self, k: int, map_location: str | torch.device | None = None) -> GradientLayer:
-        """The ``k``-th layer (1-based). Pickled modules: load only histories you trust."""
+        """The ``k``-th layer (1-based), loaded without running code from the file."""
         if not 1 <= k <= self._n:
             raise IndexError(f"layer {k} out of range 1..{self._n}")
-        return torch.load(self._file(k), map_location=map_location, weights_only=False)
+        file = self._file(k)
+        return safe_load(file, what=f"layer file {str(file)!r}", map_location=map_location,
+                         trusted_classes=self.trusted_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         for k in range(1, self._n + 1):
@@ -155,9 +175,10 @@ class LayerHistory(nn.Module):
         return GradientLayerStack(self.layer(k) for k in range(1, self._n + 1))
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> LayerHistory:
+    def open(cls, directory: str | os.PathLike, *, trusted_classes: Sequence[Any] = ()
+             ) -> LayerHistory:
         """An existing history, with as many layers as consecutive files from ``layer_00001``."""
-        history = cls(directory)
+        history = cls(directory, trusted_classes=trusted_classes)
         while history._file(history._n + 1).exists():
             history._n += 1
         return history
@@ -195,7 +216,8 @@ class AdversarialObjective(FunctionalObjective):
         Chunk size when pushing fresh samples through the layers (bounds memory).
     history_dir : str or Path, optional
         Also write every layer to this directory (:class:`LayerHistory`), so a long run can
-        use ``keep_layers=False`` and still replay Algorithm 2 from disk.
+        use ``keep_layers=False`` and still replay Algorithm 2 from disk. A run refuses a
+        directory that already holds layer files, unless it resumes from a checkpoint.
 
     Notes
     -----
@@ -290,6 +312,15 @@ class AdversarialObjective(FunctionalObjective):
             fake = self.to_data_space(pushed)
         check_compatible(fake, self.data, "output_map(base_sampler(n))", "data")
         return _Slices(fake, b)
+
+    def on_run_start(self, *, resumed: bool) -> None:
+        # a second run writing into the same history would overwrite layers 1..k, and
+        # Algorithm 2 would then replay a mix of both runs
+        if self.history is not None and not resumed and self.history.n_files():
+            raise ValueError(
+                f"history_dir {str(self.history.directory)!r} already holds "
+                f"{self.history.n_files()} layer file(s) from an earlier run; pass an empty "
+                "or new directory, or continue that run with flow.resume(checkpoint)")
 
     def after_step(self, layer: GradientLayer) -> None:
         if self.mode == "paper":
