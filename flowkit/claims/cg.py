@@ -39,7 +39,7 @@ def _run(make_opt, ctx: Context, steps: int, lr_search: bool = False) -> list[to
     return out
 
 
-@register("ni23-beta0-is-sgd", source=f"{NI23}, sec. 3 (CG with beta_n = 0)", reference="NI23",
+@register("ni23-beta0-is-sgd", source=f"{NI23}, the CG update with beta_n = 0", reference="NI23",
           statement="CG with beta = 0 is plain SGD.",
           instance="6-D quadratic, lr = 0.05, 20 steps",
           oracle="torch.optim.SGD's iterates", tol=0.0, tolerance="bitwise equality")
@@ -51,7 +51,7 @@ def _sgd(ctx: Context) -> Outcome:
     return verdict(diff <= ctx.tol, {"max_abs_diff": diff}, f"iterates differ by {diff:.3g}")
 
 
-@register("ni23-constant-beta-heavy-ball", source=f"{NI23}, sec. 3 (constant beta)",
+@register("ni23-constant-beta-heavy-ball", source=f"{NI23}, the CG update with a constant beta",
           reference="NI23",
           statement="CG with a constant beta is the heavy-ball method (momentum SGD).",
           instance="6-D quadratic, lr = 0.05, beta = 0.4 (cap removed), 20 steps",
@@ -63,8 +63,8 @@ def _heavy_ball(ctx: Context) -> Outcome:
     return verdict(diff <= ctx.tol, {"max_abs_diff": diff}, f"iterates differ by {diff:.3g}")
 
 
-@register("ni23-fr-finite-termination", source="Fletcher & Reeves 1964, via [NI23] sec. 3 (the "
-          "FR rule)", reference="NI23",
+@register("ni23-fr-finite-termination", source=f"{NI23}, the FR rule (finite termination "
+          "of CG on quadratics)", reference="NI23",
           statement="FR with an exact line search minimizes an n-dimensional strongly convex "
                     "quadratic in n steps, and steepest descent does not.",
           instance="6-D quadratic, spectrum [1, 10], beta cap removed",
@@ -180,7 +180,7 @@ def _bug3(ctx: Context) -> Outcome:
                    f"gradient was an alias), FR is {fr:.4g}")
 
 
-@register("ni23-flowkit-cg-clean", source=f"{NI23}, sec. 3 (the algorithm)", reference="NI23",
+@register("ni23-flowkit-cg-clean", source=f"{NI23}, the CG update", reference="NI23",
           statement="flowkit's ConjugateGradient descends at its first step, stores the step "
                     "it takes and computes FR from a copy of the previous gradient.",
           instance="the toy instance of the ni23-code-* claims",

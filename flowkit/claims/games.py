@@ -34,7 +34,7 @@ def _z0(ctx: Context, dim: int = 4) -> torch.Tensor:
     return torch.randn(dim, generator=ctx.generator(11), dtype=f64)
 
 
-# Per-singular-value contraction factors, written out from the update rules (LS19, sec. 3),
+# Per-singular-value contraction factors, written out from the update rules [LS19],
 # independently of flowkit.games' own bilinear_factor.
 def _omd_root(eta: float, s: float) -> float:
     a = 1j * eta * s
@@ -70,8 +70,8 @@ FACTORS = {
 def _rate_claim(name: str):
     make, factor, statement = FACTORS[name]
 
-    @register(f"ls19-{name.lower()}-bilinear-rate", source=f"{LS19}, sec. 3 ({name} on "
-              "bilinear games)", reference="LS19", statement=statement,
+    @register(f"ls19-{name.lower()}-bilinear-rate", source=f"{LS19}, {name} on bilinear "
+              "(unstable) games", reference="LS19", statement=statement,
               instance=f"bilinear game, singular values {SIGMAS}, seeded rotations, eta = "
                        f"{ETA}" + (f", gamma = {GAMMA}" if name in ("CO", "PM") else "")
                        + ", 600 steps",
@@ -96,7 +96,7 @@ for _name in FACTORS:
     _rate_claim(_name)
 
 
-@register("ls19-altgda-cycles", source=f"{LS19}, sec. 3 (alternating updates)",
+@register("ls19-altgda-cycles", source=f"{LS19}, bilinear games (alternating updates)",
           reference="LS19",
           statement="Alternating GDA on a bilinear game neither converges nor diverges while "
                     "eta sigma_max <= 2 (spectral radius 1).",
@@ -115,7 +115,7 @@ def _altgda(ctx: Context) -> Outcome:
                    f"measured rate {traj.rate:.6f}, expected {want}")
 
 
-@register("ls19-omd-threshold", source=f"{LS19}, sec. 3 (OMD's step-size condition)",
+@register("ls19-omd-threshold", source=f"{LS19}, OMD's learning-rate condition",
           reference="LS19",
           statement="OMD is locally stable on a bilinear game iff eta sigma_max < 1/sqrt(3).",
           instance="C = I (2x2); eta at 0.98 and 1.02 times 1/sqrt(3), 3000 steps each",
@@ -133,7 +133,7 @@ def _omd_threshold(ctx: Context) -> Outcome:
                    f"rates {below.rate:.6f} below and {above.rate:.6f} above {threshold:.4f}")
 
 
-@register("ls19-omd-small-step", source=f"{LS19}, sec. 3 (OMD's rate for small eta)",
+@register("ls19-omd-small-step", source=f"{LS19}, OMD's rate for small eta",
           reference="LS19",
           statement="For small eta OMD's bilinear rate is 1 - eta^2 sigma^2 / 2 + O(eta^3).",
           instance="C = I, eta in (0.04, 0.02)",
@@ -150,8 +150,8 @@ def _omd_small(ctx: Context) -> Outcome:
                    f"the error shrinks by {ratio:.3g} when eta halves, not eta^3")
 
 
-@register("ls19-interaction-slowdown", source=f"{LS19}, sec. 4 (stable games: the "
-          "interaction term slows SGA down)", reference="LS19",
+@register("ls19-interaction-slowdown", source=f"{LS19}, stable games: the interaction "
+          "term slows SGA down", reference="LS19",
           statement="On a stable quadratic game SGA's local rate worsens as the interaction "
                     "||C|| grows (rate |1 - eta (a + i c)| for A = B = a I, C = c I).",
           instance="A = B = I, C = c I with c in (0, 1, 2), eta = 0.2, 400 steps",
@@ -171,8 +171,8 @@ def _slowdown(ctx: Context) -> Outcome:
                         "max_abs_error": worst}, f"rates {rates}, error {worst:.3g}")
 
 
-@register("ls19-predicted-rate", source=f"{LS19}, sec. 3 (local rate = spectral radius of "
-          "the linearized update)", reference="LS19",
+@register("ls19-predicted-rate", source=f"{LS19}, local rate = spectral radius of the "
+          "linearized update", reference="LS19",
           statement="The spectral radius of the linearized update (flowkit.games."
                     "predicted_rate) equals the closed-form rate for OMD, EG and IU.",
           instance=f"bilinear game, singular values {SIGMAS}, eta = {ETA}",

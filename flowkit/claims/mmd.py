@@ -21,7 +21,7 @@ def _gauss(a, b, h):
     return torch.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * h * h))
 
 
-@register("aksg19-first-variation", source=f"{AKSG}, sec. 2 (witness function)", reference=KEY,
+@register("aksg19-first-variation", source=f"{AKSG}, the witness function", reference=KEY,
           statement="The first variation of MMD^2 is twice the witness: d/dt MMD^2((1-t) mu + "
                     "t delta_z) at t = 0 equals psi(z) - E_mu psi.",
           instance="10 particles, 12 targets, one point z in R^2; Gaussian(0.8)",
@@ -64,9 +64,11 @@ def _mmd_value(ctx: Context) -> Outcome:
                    f"{got} != {want}")
 
 
-@register("szekely-energy-scipy", source="Szekely & Rizzo 2013 [SzekelyRizzo13], eq. (1)",
+@register("szekely-energy-scipy",
+          source="Szekely & Rizzo 2013 [SzekelyRizzo13], the energy distance",
           reference="SzekelyRizzo13",
-          statement="EnergyDistance's value is the energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'|.",
+          statement="EnergyDistance's value is the energy distance "
+                    "2E|X-Y| - E|X-X'| - E|Y-Y'|.",
           instance="1-D samples of sizes 23 and 17",
           oracle="scipy.stats.energy_distance (its square: scipy returns the square root)",
           tol=1e-10, tolerance="relative error <= tol")
@@ -84,8 +86,8 @@ def _energy(ctx: Context) -> Outcome:
                    f"relative error {err:.3g}")
 
 
-@register("aksg19-monotone-decrease", source=f"{AKSG}, sec. 3 (descent of the Euler scheme "
-          "for gamma <= 2/(3L))", reference=KEY,
+@register("aksg19-monotone-decrease", source=f"{AKSG}, descent of the Euler scheme for "
+          "gamma <= 2/(3L)", reference=KEY,
           statement="Within its step bound the MMD flow's Euler scheme never increases MMD^2.",
           instance="60 particles in R^2 to 8-gaussians, Gaussian(0.5), eta = 1/(6 L_k), 60 steps",
           oracle="MMD^2 recomputed from explicit kernel matrices at every step", tol=1e-12,
@@ -133,8 +135,8 @@ _TWO = ("target {-2, +2} in 1-D, two particles started near +2, Gaussian(1), eta
         "300 steps")
 
 
-@register("aksg19-no-global-convergence", source=f"{AKSG}, sec. 4 (the flow can stall at a "
-          "local critical point)", reference=KEY, expected="fails",
+@register("aksg19-no-global-convergence", source=f"{AKSG}, the flow can stall at a local "
+          "critical point", reference=KEY, expected="fails",
           statement="Without noise, the MMD flow within its step bound reaches the global "
                     "minimum MMD^2 = 0 from any start.",
           instance=_TWO, oracle="the global minimum MMD^2(nu, nu) = 0", tol=1e-2,
@@ -148,7 +150,7 @@ def _no_global(ctx: Context) -> Outcome:
                    f"MMD^2 = {final:.3g} with ||grad||^2 = {grad2:.2g}")
 
 
-@register("aksg19-noise-injection-helps", source=f"{AKSG}, sec. 4 (noise injection)",
+@register("aksg19-noise-injection-helps", source=f"{AKSG}, noise injection",
           reference=KEY,
           statement="Noise injection (beta_n = 1 for the first 200 steps, then 0) takes the "
                     "stalled flow to the global minimum.",
@@ -163,7 +165,7 @@ def _noise_helps(ctx: Context) -> Outcome:
                    f"the noisy flow ends at MMD^2 = {noisy:.3g}, particles {x}")
 
 
-@register("aksg19-noise-update", source=f"{AKSG}, sec. 4 (noisy Euler scheme)", reference=KEY,
+@register("aksg19-noise-update", source=f"{AKSG}, the noisy Euler scheme", reference=KEY,
           statement="The noisy scheme moves x_i along minus the witness gradient read at "
                     "x_i + beta u_i, u_i ~ N(0, I).",
           instance="30 particles in 1-D, 20 targets, Gaussian(2), beta = 0.7, seed 5",

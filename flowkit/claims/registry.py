@@ -190,6 +190,12 @@ def _rounded(numbers: dict[str, float]) -> dict[str, float]:
     return out
 
 
+_MODULES = ("core", "mmd", "games", "cg")  # the order of the table
+
+
 def _load() -> None:
     # the claim modules register themselves on import
-    from flowkit.claims import cg, core, games, mmd  # noqa: F401
+    import importlib
+
+    for name in _MODULES:
+        importlib.import_module(f"flowkit.claims.{name}")
