@@ -118,3 +118,10 @@ def test_full_verify_holds_every_asserted_verdict_and_matches_the_docs(tmp_path,
     rows = _docs_rows()
     assert {r["id"]: r["verdict"] for r in data["results"]} == {
         k: v[3] for k, v in rows.items()}
+
+
+def test_the_pages_python_example_prints_its_output(capsys):
+    text = (DOCS / "verify.md").read_text()
+    code, output = re.search(r"```python\n(.*?)```\n+Output:\n+```\n(.*?)```", text, re.S).groups()
+    exec(compile(code, "verify.md", "exec"), {"__name__": "__docs__"})
+    assert capsys.readouterr().out == output
