@@ -63,14 +63,17 @@ def test_every_builtin_objective_passes(name):
 
 def test_sinkhorn_passes_at_its_solver_tolerance():
     def make(dtype=f64, device="cpu"):
-        return SinkhornDivergence(_target(dtype, device), blur=0.5, warm_start=False, tol=1e-10,
+        return SinkhornDivergence(_target(dtype, device), blur=0.5, warm_start=False, tol=1e-9,
                                   max_iter=1000)
 
-    # first_variation: the mixture derivative differs from int psi d(nu - mu) by 2e-3
-    # relative here (the extrapolated difference quotient at t ~ 1e-2); whether that is the
-    # quotient's O(t^2) term or the potential is open, so it is reported, not asserted
-    report = check_objective(make, rtol=1e-4, skip={"first_variation": "open: 2e-3 relative"})
-    assert {"convention", "descent", "permutation", "pickle"} <= set(report.passed), report
+    # Sinkhorn's value is not differentiable by autograd: the convention is checked against
+    # central differences, one solve each, so only the checks that concern the solver run.
+    # first_variation is left out: the mixture derivative differs from int psi d(nu - mu)
+    # by 2e-3 relative here (extrapolated quotient at t ~ 1e-2), undetermined yet whether
+    # from the quotient's O(t^2) term or the potential.
+    checks = ["convention", "descent", "permutation", "pickle"]
+    report = check_objective(make, n=4, rtol=1e-4, checks=checks)
+    assert report.passed == checks, report
 
 
 def test_noisy_flow_with_noise_has_a_value_but_a_noisy_gradient():
