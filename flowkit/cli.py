@@ -1,4 +1,4 @@
-"""The ``flowkit`` command: ``flowkit demo`` and ``flowkit reproduce NAME``."""
+"""The ``flowkit`` command: ``flowkit demo``, ``flowkit reproduce NAME`` and ``flowkit verify``."""
 
 from __future__ import annotations
 
@@ -51,11 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         module.add_arguments(p)
         p.set_defaults(_module=module)
+    _add_verify(sub)
     return parser
+
+
+def _add_verify(sub) -> None:
+    # the command's logic lives with the claims it runs
+    from flowkit.claims import cli as verify
+
+    p = sub.add_parser("verify", help=verify.HELP)
+    verify.add_arguments(p)
+    p.set_defaults(_verify=verify.main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "_verify"):
+        return args._verify(args)
     run = args._module.main(args)
     if run is not None:
         print(f"results written to {run.path}")
