@@ -90,3 +90,14 @@ def test_sinkhorn_flow_decreases_the_divergence(gen):
     obj = SinkhornDivergence(y, blur=0.1)
     res = fk.FunctionalGradientDescent(obj, 0.5, progress=False).run(x0, 20)
     assert float(obj.value(res.particles)) < 0.3 * float(obj.value(x0))
+
+
+@pytest.mark.parametrize("blur", [1e-30, 1e30])
+def test_extreme_blur_is_refused_in_float32_and_finite_in_float64(gen, blur):
+    x, y = _pair(gen)
+    with pytest.raises(ValueError, match=r"blur must lie in \[.*float32"):
+        SinkhornDivergence(y.float(), blur=blur)
+    g = SinkhornDivergence(y, blur=blur).functional_gradient(x)
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="blur must lie in"):
+        SinkhornDivergence(y, blur=blur**4)

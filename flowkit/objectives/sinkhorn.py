@@ -58,6 +58,20 @@ from flowkit.validation import check_compatible, check_particles, check_positive
 __all__ = ["SinkhornDivergence", "SinkhornPotential", "sinkhorn_potentials"]
 
 
+def _check_blur(blur: float, dtype: torch.dtype) -> float:
+    """``blur`` within ``[tiny**(1/4), max**(1/4)]`` of ``dtype``: then ``eps = blur**2``,
+    ``1/eps`` and the logits ``C/eps`` of any cost below ``sqrt(max)`` stay finite (outside,
+    float32 gave NaN gradients at ``blur = 1e-30`` and ``1e30``)."""
+    blur = check_positive(blur, "blur")
+    info = torch.finfo(dtype)
+    lo, hi = info.tiny**0.25, info.max**0.25
+    if not lo <= blur <= hi:
+        raise ValueError(f"blur must lie in [{lo:.3g}, {hi:.3g}] for {dtype} data (so that "
+                         f"eps = blur**2 and 1/eps are finite), got {blur:.3g}; rescale the "
+                         f"data or use float64")
+    return blur
+
+
 def _blocks(n: int, rows: int):
     return [slice(s, s + rows) for s in range(0, n, rows)]
 
@@ -236,7 +250,7 @@ class SinkhornDivergence(FunctionalObjective):
                  max_iter: int = 100, tol: float = 1e-5,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True):
         self.data = check_particles(data, "data")
-        self.blur = check_positive(blur, "blur")
+        self.blur = _check_blur(blur, self.data.dtype)
         self.eps = self.blur**2
         if not isinstance(scaling, (int, float)) or not 0.0 < scaling < 1.0:
             raise ValueError(f"scaling must lie in (0, 1), got {scaling!r}")
