@@ -14,7 +14,7 @@ from flowkit.potential import FunctionPotential, Potential
 from flowkit.objective import FunctionalObjective
 from flowkit.layers import GradientLayer, GradientLayerStack
 from flowkit.descent import FlowDivergedError, FlowResult, FlowState, FunctionalGradientDescent
-from flowkit import datasets, kernels, monitors, objectives, theory
+from flowkit import datasets, geometry, kernels, monitors, objectives, theory
 from flowkit import critics, games, generators
 from flowkit import plotting
 from flowkit.runs import RunFolder
@@ -31,6 +31,7 @@ __all__ = [
     "FlowDivergedError",
     "RunFolder",
     "datasets",
+    "geometry",
     "kernels",
     "monitors",
     "objectives",

@@ -28,7 +28,8 @@ over 8 times the mean step: where the two halves of a stacked ``[x; target]`` me
 each segment is reduced in coordinates centred on its own mean: rows near a segment see
 small coordinates, rows far from it see large distances, whose relative error is small.
 The centres depend on ``y`` only, so a row's result does not depend on which other rows
-are evaluated with it (batched evaluation stays bit-identical).
+are evaluated with it (batched evaluation agrees to the BLAS' own rounding; the fused
+native path is bit-identical).
 
 Measured (``benchmarks/precision.py``, table in ``docs/mmd.md``): in float32 the MMD
 functional gradient (Gaussian and inverse multiquadric kernels, unit bandwidth) stays
