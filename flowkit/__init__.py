@@ -22,7 +22,7 @@ from flowkit.layers import (
 from flowkit.descent import FlowDivergedError, FlowResult, FlowState, FunctionalGradientDescent
 from flowkit.checkpoints import CheckpointError
 from flowkit.serialization import UntrustedFileError
-from flowkit import datasets, kernels, monitors, nn, objectives, theory
+from flowkit import datasets, geometry, kernels, monitors, nn, objectives, theory
 from flowkit import critics, games, generators
 from flowkit import plotting
 from flowkit.runs import RunFolder
@@ -44,6 +44,7 @@ __all__ = [
     "UntrustedFileError",
     "RunFolder",
     "datasets",
+    "geometry",
     "kernels",
     "monitors",
     "nn",

@@ -25,6 +25,7 @@ __all__ = [
     "check_choice",
     "check_seed",
     "check_weights",
+    "check_signed_weights",
     "as_generator",
     "rng_state",
     "set_rng_state",
@@ -230,3 +231,26 @@ def set_rng_state(state: dict[str, Tensor] | Tensor,
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and device is not None and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], torch.device(device))
+
+
+def check_signed_weights(weights: object, n: int, name: str = "weights", *,
+                         like: Tensor | None = None, finite: bool = True) -> Tensor:
+    """Signed weights (e.g. the ``+1/N, -1/M`` of a witness): a floating tensor ``(n,)``, with
+    finite entries if ``finite``, on ``like``'s device with its dtype when ``like`` is given."""
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape ({n},), got "
+                        f"{type(weights).__name__}")
+    if weights.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one weight per sample, got "
+                         f"{tuple(weights.shape)}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {weights.dtype}")
+    if like is not None and weights.device != like.device:
+        raise ValueError(f"{name} is on {weights.device} but the samples are on "
+                         f"{like.device}; move them with {name}.to(x.device)")
+    if like is not None and weights.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {weights.dtype} but the samples have {like.dtype}; "
+                        f"cast them with {name}.to(x.dtype)")
+    if finite:
+        check_finite(weights, name)
+    return weights

@@ -156,10 +156,11 @@ def test_native_path_matches_torch(gen, d):
 
 @NATIVE
 def test_native_exp_is_accurate_and_underflows_to_zero():
-    lib = K._native_lib()
+    from flowkit.backends import native
+
     a = torch.linspace(-120.0, 80.0, 100_003)
     out = a.clone()
-    lib.fk_scaled_exp(out.data_ptr(), out.numel(), 1.0)
+    native.scaled_exp(out, 1.0)
     ref = torch.exp(a.double())
     normal = a > -87.0
     rel = ((out.double() - ref).abs() / ref)[normal]
@@ -207,3 +208,121 @@ def test_keops_backend_matches_torch(gen):
         torch.testing.assert_close(kernel_grad_sum(x, y, k, w, backend="keops"),
                                    kernel_grad_sum(x, y, k, w, backend="torch"),
                                    rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------- inputs are validated
+
+
+@pytest.mark.parametrize("wdtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_weights_of_another_dtype_are_refused_not_misread(gen, wdtype, backend):
+    # the native path used to read float64/float16 weights' memory as float32
+    x, y, _ = _data(gen, n=30, m=30, dtype=torch.float32)
+    w = torch.full((30,), 1 / 30, dtype=wdtype)
+    for fn in (kernel_sum, kernel_grad_sum):
+        with pytest.raises(TypeError, match="weights has dtype"):
+            fn(x, y, K.Gaussian(1.0), w, backend=backend)
+
+
+def test_native_gate_checks_every_tensor():
+    from flowkit.backends import native
+
+    if not native_available():
+        pytest.skip("native path needs gcc and AVX2")
+    lib = native.library()
+    x, out = torch.zeros(4, 2), torch.zeros(4, 1)
+    yt, vt = torch.zeros(2, 8), torch.zeros(1, 8)
+    with pytest.raises(ValueError, match="native vt"):
+        lib.gauss_reduce(x, yt, vt.double(), out, 0, 4)
+    with pytest.raises(ValueError, match="native yt"):
+        lib.gauss_reduce(x, torch.zeros(8, 2).T, vt, out, 0, 4)  # not contiguous
+    with pytest.raises(ValueError, match="native out"):
+        lib.gauss_reduce(x, yt, vt, torch.zeros(3, 1), 0, 4)
+    with pytest.raises(ValueError, match="native a"):
+        lib.scaled_exp(torch.zeros(5, dtype=torch.float16), 1.0)
+
+
+@pytest.mark.parametrize("fn", ["kernel_sum", "kernel_grad_sum", "mmd2"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_non_finite_inputs_are_refused(gen, fn, backend):
+    x, y, _ = _data(gen, dtype=torch.float32)
+    f = getattr(K, fn)
+    for bad, name in ((float("nan"), "x"), (float("inf"), "y")):
+        xb, yb = x.clone(), y.clone()
+        (xb if name == "x" else yb)[0, 0] = bad
+        with pytest.raises(ValueError, match=f"{name} contains 1 non-finite"):
+            f(xb, yb, K.Gaussian(1.0), backend=backend)
+    if fn != "mmd2":
+        w = torch.ones(y.shape[0])
+        w[2] = float("nan")
+        with pytest.raises(ValueError, match="weights contains 1 non-finite"):
+            f(x, y, K.Gaussian(1.0), w, backend=backend)
+
+
+@pytest.mark.parametrize("fn", ["kernel_sum", "kernel_grad_sum", "mmd2"])
+def test_bad_inputs_name_the_argument(gen, fn):
+    x, y, w = _data(gen)
+    f = getattr(K, fn)
+    k = K.Gaussian(1.0)
+    with pytest.raises(ValueError, match="y has event shape"):
+        f(x, y[:, :2], k)
+    with pytest.raises(TypeError, match="y has dtype"):
+        f(x, y.float(), k)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor.*torch.as_tensor"):
+        f(x.numpy(), y, k)
+    with pytest.raises(TypeError, match="y must be a torch.Tensor"):
+        f(x, y.tolist(), k)
+    with pytest.raises(ValueError, match="x is empty"):
+        f(x[:0], y, k)
+    with pytest.raises(ValueError, match="y is empty"):
+        f(x, y[:0], k)
+    with pytest.raises(ValueError, match="x must have shape"):
+        f(x[0], y, k)
+    if fn != "mmd2":
+        with pytest.raises(ValueError, match=r"weights must have shape \(11,\)"):
+            f(x, y, k, w[:, None])
+        with pytest.raises(TypeError, match="weights must be a torch.Tensor"):
+            f(x, y, k, w.tolist())
+
+
+def test_meta_tensors_skip_value_checks_but_not_shape_checks():
+    x, y = torch.empty(5, 2, device="meta"), torch.empty(4, 2, device="meta")
+    assert kernel_sum(x, y, K.Gaussian(1.0), backend="torch").shape == (5,)
+    assert kernel_grad_sum(x, y, K.Gaussian(1.0), backend="torch").shape == (5, 2)
+    with pytest.raises(ValueError, match="y has event shape"):
+        kernel_sum(x, torch.empty(4, 3, device="meta"), K.Gaussian(1.0))
+
+
+# ----------------------------------------------------------------- precision far from 0
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("kernel", [K.InverseMultiquadric(1.0), K.Gaussian(1.0)], ids=repr)
+def test_float32_witness_gradient_far_from_the_target(gen, backend, kernel):
+    # particles 3000 bandwidths from the target: the stacked [x; target] reduction used to
+    # cancel catastrophically in the Gram form (20% off on CPU)
+    x, y, _ = _data(gen, n=60, m=50, d=2, dtype=torch.float32)
+    xs = x + 3000.0
+    got = fk.objectives.MMD(y, kernel, backend=backend).functional_gradient(xs)
+    want = fk.objectives.MMD(y.double(), kernel).functional_gradient(xs.double())
+    assert torch.linalg.norm(got.double() - want) <= 1e-5 * torch.linalg.norm(want)
+
+
+def test_float64_mmd2_keeps_its_self_terms_at_1e9(gen):
+    x, y, _ = _data(gen, n=40, m=30, d=2)
+    k = K.Gaussian(1.0)
+    want = mmd2(x, y, k)
+    assert float(mmd2(x + 1e9, y + 1e9, k)) == pytest.approx(float(want), rel=1e-6)
+    assert float(mmd2(x + 1e9, y, k)) == pytest.approx(float(mmd2(x, y - 1e9, k)), rel=1e-6)
+
+
+def test_weighted_mmd2_matches_the_kernel_matrices(gen):
+    from flowkit.geometry import PointCloud
+
+    x, y, _ = _data(gen)
+    a = torch.rand(x.shape[0], generator=gen, dtype=x.dtype)
+    b = torch.rand(y.shape[0], generator=gen, dtype=x.dtype)
+    for k in (K.Gaussian(0.7), K.EnergyKernel()):
+        want = a @ k(x, x) @ a - 2 * a @ k(x, y) @ b + b @ k(y, y) @ b
+        torch.testing.assert_close(PointCloud(x, y, a=a, b=b, kernel=k, block_size=4).mmd2(),
+                                   want)

@@ -29,7 +29,7 @@ def test_plan_cost_matches_pot_sinkhorn2(gen):
 
 def test_divergence_is_debiased_and_nonnegative(gen):
     x, y = _pair(gen)
-    obj = SinkhornDivergence(y, blur=0.3, tol=1e-10)
+    obj = SinkhornDivergence(y, blur=0.3, tol=1e-10, max_iter=100)
     assert float(obj.value(y)) == pytest.approx(0.0, abs=1e-6)
     assert float(obj.value(x)) > 0
     assert float(obj.ot_eps(y)) > 0.01  # the biased cost is not zero at x = y
@@ -55,23 +55,62 @@ def test_float32_agrees_with_float64(gen):
     assert (g32.double() - g64).abs().max() < 1e-3 * g64.abs().max()
 
 
-def _has_geomloss() -> bool:
-    try:
-        import geomloss  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_geomloss(), reason="geomloss is an optional peer")
-def test_value_matches_geomloss(gen):
+def test_value_and_gradient_match_geomloss(gen):
+    # geomloss is in the `test` extra: this comparison runs in CI
     from geomloss import SamplesLoss
 
     x, y = _pair(gen)
     obj = SinkhornDivergence(y, blur=0.3, tol=1e-12, max_iter=5000)
-    want = SamplesLoss("sinkhorn", p=2, blur=0.3, scaling=0.99, debias=True,
+    # GeomLoss' conventions: cost |x - y|^2 / 2 for p = 2, eps = blur^2
+    loss = SamplesLoss("sinkhorn", p=2, blur=0.3, scaling=0.99, debias=True,
+                       backend="tensorized")
+    z = x.clone().requires_grad_(True)
+    want = loss(z, y)
+    (dz,) = torch.autograd.grad(want, z)
+    assert float(obj.value(x)) == pytest.approx(float(want.detach()), rel=1e-3)
+    g = obj.functional_gradient(x)
+    # GeomLoss differentiates the value: d S / d x_i = (1/N) grad psi(x_i). Its solve is
+    # one iteration per eps level, so its gradient approaches ours as scaling -> 1:
+    # measured relative gap 2.1e-2 (0.99), 2.7e-3 (0.999), 2.7e-4 (0.9999, 39 s)
+    assert torch.linalg.norm(g - len(x) * dz) <= 3e-2 * torch.linalg.norm(g)
+
+
+def test_result_reports_convergence_and_marginal_error(gen):
+    from flowkit.geometry import PointCloud
+    from flowkit.objectives.sinkhorn import SinkhornResult, sinkhorn
+
+    x, y = _pair(gen)
+    geom = PointCloud(x, y)
+    tight = sinkhorn(geom, 0.09, tol=1e-10, max_iter=5000)
+    loose = sinkhorn(geom, 0.09, tol=1e-10, max_iter=2)
+    assert isinstance(tight, SinkhornResult) and tight.policy == "converge"
+    assert tight.converged and tight.marginal_error < 1e-7
+    assert not loose.converged and loose.marginal_error > 100 * tight.marginal_error
+    # the plan's marginals, computed directly, agree with the reported error
+    c = 0.5 * torch.cdist(x, y).pow(2)
+    n, m = len(x), len(y)
+    pi = torch.exp((loose.f[:, None] + loose.g[None] - c) / 0.09) / (n * m)
+    direct = float((pi.sum(1) - 1 / n).abs().sum() + (pi.sum(0) - 1 / m).abs().sum())
+    assert loose.marginal_error == pytest.approx(direct, rel=1e-6)
+
+
+def test_geomloss_policy_matches_geomloss_iterates(gen):
+    # same annealing (ratio scaling^2 from the diameter), one averaged step per level, one
+    # extrapolation: the value agrees with GeomLoss' own at a coarse scaling
+    from geomloss import SamplesLoss
+
+    x, y = _pair(gen)
+    blur, scaling = 0.3, 0.7
+    obj = SinkhornDivergence(y, blur=blur, policy="geomloss", scaling=scaling,
+                             warm_start=False)
+    want = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=True,
                        backend="tensorized")(x, y)
-    assert float(obj.value(x)) == pytest.approx(float(want), rel=1e-3)
+    exact = SinkhornDivergence(y, blur=blur, tol=1e-12, max_iter=5000).value(x)
+    got = obj.value(x)
+    # both are truncated solves of the same problem, equally far from the converged value
+    assert abs(float(got) - float(exact)) < 5 * abs(float(want) - float(exact)) + 1e-6
+    assert obj.last_results[0].policy == "geomloss"
+    assert obj.last_results[0].iterations < 30
 
 
 def test_bad_arguments_are_rejected(gen):
@@ -82,11 +121,26 @@ def test_bad_arguments_are_rejected(gen):
         SinkhornDivergence(y, scaling=1.5)
     with pytest.raises(ValueError, match="memory_budget"):
         SinkhornDivergence(y, memory_budget=8)
+    with pytest.raises(ValueError, match="policy"):
+        SinkhornDivergence(y, policy="fast")
+    with pytest.raises(ValueError, match="backend='native' has no Sinkhorn"):
+        SinkhornDivergence(y, backend="native")
 
 
 def test_sinkhorn_flow_decreases_the_divergence(gen):
     y = fk.datasets.eight_gaussians(150, seed=0, dtype=torch.float64)
     x0 = 0.3 * torch.randn(150, 2, generator=gen, dtype=torch.float64)
-    obj = SinkhornDivergence(y, blur=0.1)
+    obj = SinkhornDivergence(y, blur=0.1, tol=1e-5)  # a flow needs no tight solves
     res = fk.FunctionalGradientDescent(obj, 0.5, progress=False).run(x0, 20)
     assert float(obj.value(res.particles)) < 0.3 * float(obj.value(x0))
+
+
+@pytest.mark.parametrize("blur", [1e-30, 1e30])
+def test_extreme_blur_is_refused_in_float32_and_finite_in_float64(gen, blur):
+    x, y = _pair(gen)
+    with pytest.raises(ValueError, match=r"blur must lie in \[.*float32"):
+        SinkhornDivergence(y.float(), blur=blur)
+    g = SinkhornDivergence(y, blur=blur).functional_gradient(x)
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="blur must lie in"):
+        SinkhornDivergence(y, blur=blur**4)

@@ -36,57 +36,202 @@ iterations:
 where :math:`P^{\beta}(z)` is the softmax over :math:`m` of
 :math:`\log\beta_m + (g_m - C(z, y_m))/\varepsilon` (the row of the plan through ``z``).
 
-Every ``N x M`` quantity is computed in row blocks (memory budget as in
-:mod:`flowkit.kernels`); iterations follow an :math:`\varepsilon`-scaling schedule from the
-squared diameter down to :math:`\varepsilon` (Schmitzer 2019; Feydy 2020),
-then continue at :math:`\varepsilon` until the potentials move less than ``tol``.
+Every reduction runs on :class:`flowkit.geometry.PointCloud` (``softmin`` and
+``soft_barycenter``), so every backend it routes to reaches Sinkhorn, in row blocks under a
+memory budget. Iterations follow an :math:`\varepsilon`-scaling schedule from the squared
+diameter down to :math:`\varepsilon` (Schmitzer 2019 [Schmitzer19]; Feydy 2020 [Feydy20]),
+under one of two accuracy policies:
+
+* ``"converge"``: then continue at :math:`\varepsilon` until the potentials move less than
+  ``tol`` in an iteration (at most ``max_iter`` iterations);
+* ``"geomloss"``: one averaged iteration per :math:`\varepsilon` level, the levels a
+  geometric sequence of ratio ``scaling**2`` from the squared diameter to
+  :math:`\varepsilon`, then one final extrapolation (un-averaged) update: the policy of
+  GeomLoss (Feydy et al. 2019 [FeydyEtAl19], sec. 3.3; Feydy 2020 [Feydy20], ch. 3). Its
+  cost is fixed, its accuracy follows ``scaling``.
+
+Either way the solver reports, in its :class:`SinkhornResult`, the L1 error of both
+marginals of the plan and the sup-norm change of the potentials that one more iteration
+would make (one extra pair of softmins).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from flowkit.kernels import DEFAULT_MEMORY_BUDGET, _sqdist_gram, block_rows
+from flowkit.backends import DEFAULT_MEMORY_BUDGET, block_rows, check_backend
+from flowkit.geometry import PointCloud
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
-from flowkit.validation import check_compatible, check_particles, check_positive
+from flowkit.validation import (
+    check_choice,
+    check_compatible,
+    check_int,
+    check_number,
+    check_particles,
+    check_positive,
+)
 
-__all__ = ["SinkhornDivergence", "SinkhornPotential", "sinkhorn_potentials"]
+__all__ = ["SinkhornDivergence", "SinkhornPotential", "SinkhornResult", "sinkhorn",
+           "sinkhorn_potentials", "POLICIES"]
 
-
-def _blocks(n: int, rows: int):
-    return [slice(s, s + rows) for s in range(0, n, rows)]
-
-
-def _softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, rows: int) -> Tensor:
-    r"""``-eps log sum_j exp(h_j - C(x_i, y_j)/eps)`` for every ``i``, in row blocks."""
-    y_sq = y.pow(2).sum(1)
-    out = [-eps * torch.logsumexp(h - (0.5 / eps) * _sqdist_gram(x[s], y, y_sq), dim=1)
-           for s in _blocks(x.shape[0], rows)]
-    return torch.cat(out)
+POLICIES = ("converge", "geomloss")
 
 
-def _soft_barycenter(x: Tensor, y: Tensor, h: Tensor, eps: float, rows: int) -> Tensor:
-    r"""``sum_j softmax_j(h_j - C(x_i, y_j)/eps) y_j``: the gradient of the softmin is
-    ``x_i`` minus this (for ``C = |x-y|^2/2``)."""
-    y_sq = y.pow(2).sum(1)
-    out = [torch.softmax(h - (0.5 / eps) * _sqdist_gram(x[s], y, y_sq), dim=1) @ y
-           for s in _blocks(x.shape[0], rows)]
-    return torch.cat(out)
+@dataclass(frozen=True)
+class SinkhornResult:
+    r"""The outcome of one Sinkhorn solve.
+
+    Attributes
+    ----------
+    f, g : Tensor
+        Dual potentials on ``x`` (``(N,)``) and ``y`` (``(M,)``); ``g is f`` for a
+        symmetric problem.
+    eps : float
+        The final :math:`\varepsilon`.
+    iterations : int
+        Softmin sweeps in all (every :math:`\varepsilon` level, the final ones, the
+        extrapolation), not counting the error check.
+    converged : bool
+        Whether one more iteration would move the potentials by less than ``tol``.
+    marginal_error : float
+        :math:`\|\pi 1 - a\|_1 + \|\pi^\top 1 - b\|_1` for the plan
+        :math:`\pi_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`.
+    potential_change : float
+        Sup norm of the change one more (un-averaged) iteration would make, in cost units.
+    policy : str
+        ``"converge"`` or ``"geomloss"``.
+    """
+
+    f: Tensor
+    g: Tensor
+    eps: float
+    iterations: int
+    converged: bool
+    marginal_error: float
+    potential_change: float
+    policy: str
 
 
-def _eps_schedule(x: Tensor, y: Tensor, eps: float, scaling: float) -> list[float]:
-    # Start at the cost of the diameter, where one iteration is already near the fixed
-    # point, and anneal geometrically: far fewer iterations than starting at eps.
-    both = torch.cat([x, y])
-    diameter2 = float((both.amax(0) - both.amin(0)).pow(2).sum())
+def _check_blur(blur: float, dtype: torch.dtype) -> float:
+    """``blur`` within ``[tiny**(1/4), max**(1/4)]`` of ``dtype``: then ``eps = blur**2``,
+    ``1/eps`` and the logits ``C/eps`` of any cost below ``sqrt(max)`` stay finite (outside,
+    float32 gave NaN gradients at ``blur = 1e-30`` and ``1e30``)."""
+    blur = check_positive(blur, "blur")
+    info = torch.finfo(dtype)
+    lo, hi = info.tiny**0.25, info.max**0.25
+    if not lo <= blur <= hi:
+        raise ValueError(f"blur must lie in [{lo:.3g}, {hi:.3g}] for {dtype} data (so that "
+                         f"eps = blur**2 and 1/eps are finite), got {blur:.3g}; rescale the "
+                         f"data or use float64")
+    return blur
+
+
+def _check_scaling(scaling: float) -> float:
+    return check_number(scaling, "scaling", minimum=0.0, strict_minimum=True, maximum=1.0 - 1e-9)
+
+
+def _diameter2(x: Tensor, y: Tensor) -> float:
+    lo = torch.minimum(x.amin(0), y.amin(0))
+    hi = torch.maximum(x.amax(0), y.amax(0))
+    return float((hi - lo).pow(2).sum())
+
+
+def _eps_schedule(diameter2: float, eps: float, ratio: float) -> list[float]:
+    """Geometric levels of ratio ``ratio`` from the cost of the diameter down to ``eps``
+    (at the diameter's scale one iteration is already near the fixed point), ``eps`` last."""
     eps0 = max(0.5 * diameter2, eps)
-    n = max(0, math.ceil(math.log(eps / eps0) / math.log(scaling))) if eps0 > eps else 0
-    return [max(eps, eps0 * scaling**k) for k in range(n)] + [eps]
+    n = max(0, math.ceil(math.log(eps / eps0) / math.log(ratio))) if eps0 > eps else 0
+    return [max(eps, eps0 * ratio**k) for k in range(n)] + [eps]
+
+
+def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
+             policy: str = "converge", scaling: float = 0.5, max_iter: int = 1000,
+             tol: float = 1e-5, check_every: int = 10,
+             init: tuple[Tensor, Tensor] | None = None) -> SinkhornResult:
+    r"""Dual potentials of :math:`\mathrm{OT}_\varepsilon(\alpha, \beta)` on a point cloud.
+
+    Cost :math:`\frac12\|x-y\|^2`, weights ``geom.a`` and ``geom.b``. Updates are the
+    averaged simultaneous ones of Feydy et al. 2019 [FeydyEtAl19] (they damp the
+    oscillation of the alternating scheme at small eps); ``symmetric`` solves
+    :math:`\mathrm{OT}_\varepsilon(\alpha, \alpha)` with :math:`f \leftarrow \frac12(f +
+    T(f))` and returns ``g = f``. ``policy`` is ``"converge"`` (levels of ratio
+    ``scaling``, then alternating updates :math:`f \leftarrow T(g), g \leftarrow T(f)` at
+    ``eps`` until ``f`` moves less than ``tol``, at most ``max_iter`` times, checking every
+    ``check_every``) or ``"geomloss"`` (levels of
+    ratio ``scaling**2``, one iteration each, one extrapolation; ``max_iter`` and ``tol``
+    only set ``converged``). ``init`` warm-starts from given potentials and skips the
+    scaling.
+    """
+    check_choice(policy, "policy", POLICIES)
+    scaling = _check_scaling(scaling)
+    check_int(max_iter, "max_iter")
+    check_int(check_every, "check_every")
+    tol = check_positive(tol, "tol")
+    eps = check_positive(eps, "eps")
+    x = geom._x2
+    log_a = geom.a.log()
+    log_b = log_a if symmetric else geom.b.log()
+    back = None if symmetric else geom.transpose()
+
+    def sweep(f: Tensor, g: Tensor, e: float) -> tuple[Tensor, Tensor]:
+        """One un-averaged (Jacobi) update T(f, g)."""
+        if symmetric:
+            t = geom.softmin(log_a + f / e, e)
+            return t, t
+        return geom.softmin(log_b + g / e, e), back.softmin(log_a + f / e, e)
+
+    if init is not None:
+        levels: list[float] = []
+        f, g = init
+    else:
+        ratio = scaling**2 if policy == "geomloss" else scaling
+        levels = _eps_schedule(_diameter2(x, geom._y2), eps, ratio)
+        f = x.new_zeros(x.shape[0])
+        g = f if symmetric else x.new_zeros(geom._y2.shape[0])
+        # the first level from zero potentials: the softmin of the bare cost
+        f, g = sweep(f, g, levels[0])
+    it = 1 if init is None else 0
+    for e in levels[1:] if policy == "geomloss" else levels[1:-1]:
+        fn, gn = sweep(f, g, e)
+        f, g = 0.5 * (f + fn), 0.5 * (g + gn)
+        it += 1
+    if policy == "geomloss":
+        f, g = sweep(f, g, eps)  # the final extrapolation, not averaged
+        it += 1
+    else:
+        k = 0
+        while k < max_iter:
+            f_old = f
+            if symmetric:
+                fn, _ = sweep(f, g, eps)
+                f = g = 0.5 * (f + fn)
+            else:
+                # alternating (Gauss-Seidel) updates at the final eps: twice the rate of
+                # the averaged simultaneous ones, which only the annealing needs
+                f = geom.softmin(log_b + g / eps, eps)
+                g = back.softmin(log_a + f / eps, eps)
+            k += 1
+            # one device synchronisation every `check_every` iterations, not every one
+            if k % check_every == 0 and float((f - f_old).abs().max()) < tol:
+                break
+        it += k
+    # the error check: one more un-averaged sweep, never applied
+    fn, gn = sweep(f, g, eps)
+    change = float(torch.maximum((fn - f).abs().max(), (gn - g).abs().max()))
+    a, b = geom.a, (geom.a if symmetric else geom.b)
+    # row sums a_i exp((f_i - T(g)_i)/eps), column sums b_j exp((g_j - T(f)_j)/eps)
+    marg = float((a * ((f - fn) / eps).exp() - a).abs().sum()
+                 + (b * ((g - gn) / eps).exp() - b).abs().sum())
+    if symmetric:
+        g = f
+    return SinkhornResult(f=f, g=g, eps=eps, iterations=it, converged=change < tol,
+                          marginal_error=marg, potential_change=change, policy=policy)
 
 
 def sinkhorn_potentials(x: Tensor, y: Tensor | None, eps: float, *, scaling: float = 0.5,
@@ -96,50 +241,16 @@ def sinkhorn_potentials(x: Tensor, y: Tensor | None, eps: float, *, scaling: flo
                         ) -> tuple[Tensor, Tensor, int]:
     r"""Dual potentials ``(f, g)`` of :math:`\mathrm{OT}_\varepsilon` between uniform measures.
 
-    ``y=None`` solves the symmetric problem :math:`\mathrm{OT}_\varepsilon(\alpha, \alpha)`
-    with the averaged update :math:`f \leftarrow \frac12(f + T(f))` (Feydy et al. 2019),
-    returning ``(f, f)``; the two-sided problem averages both updates the same way.
-    Cost :math:`\frac12\|x-y\|^2`; ``x`` and ``y`` should be
-    centred together (the caller does it). ``init`` warm-starts from given potentials
-    (e.g. the previous step of a flow) and then skips the eps-scaling. Returns the
-    potentials and the number of iterations at the final ``eps``.
+    The tuple form of :func:`sinkhorn` (``policy="converge"``), kept for existing callers:
+    ``y=None`` solves the symmetric problem and returns ``(f, f)``. Returns the potentials
+    and the number of iterations at the final ``eps``.
     """
-    sym = y is None
-    yy = x if sym else y
-    n, m = x.shape[0], yy.shape[0]
-    log_a = x.new_full((n,), -math.log(n))
-    log_b = x.new_full((m,), -math.log(m))
-    rows_x = block_rows(m, x.element_size(), memory_budget, 3)
-    rows_y = block_rows(n, x.element_size(), memory_budget, 3)
-    if init is None:
-        schedule = _eps_schedule(x, yy, eps, scaling)
-        f, g = x.new_zeros(n), x.new_zeros(m)
-    else:
-        schedule = [eps]
-        f, g = init
-
-    def sweep(e: float) -> tuple[Tensor, Tensor]:
-        if sym:
-            t = _softmin(x, x, log_a + f / e, e, rows_x)
-            fn = 0.5 * (f + t)
-            return fn, fn
-        # averaged simultaneous updates (as in Feydy 2020): they damp the
-        # oscillation of the alternating scheme at small eps
-        fn = _softmin(x, yy, log_b + g / e, e, rows_x)
-        gn = _softmin(yy, x, log_a + f / e, e, rows_y)
-        return 0.5 * (f + fn), 0.5 * (g + gn)
-
-    for e in schedule[:-1]:
-        f, g = sweep(e)
-    it = 0
-    while it < max_iter:
-        f_old = f
-        f, g = sweep(eps)
-        it += 1
-        # one device synchronisation every `check_every` iterations, not every one
-        if it % check_every == 0 and float((f - f_old).abs().max()) < tol:
-            break
-    return f, g, it
+    geom = PointCloud(x, y, memory_budget=memory_budget, backend="torch")
+    res = sinkhorn(geom, eps, symmetric=y is None, scaling=scaling, max_iter=max_iter,
+                   tol=tol, check_every=check_every, init=init)
+    n_levels = 0 if init is not None else len(_eps_schedule(_diameter2(geom._x2, geom._y2),
+                                                            eps, scaling)) - 1
+    return res.f, res.g, res.iterations - n_levels
 
 
 class SinkhornPotential(Potential):
@@ -147,11 +258,12 @@ class SinkhornPotential(Potential):
 
     Holds the particle and data snapshots and the converged potentials
     :math:`g_{\alpha\beta}` (on the data) and :math:`f_{\alpha\alpha}` (on the particles),
-    and evaluates both softmins anywhere in closed form (module docstring).
+    and evaluates both softmins anywhere in closed form (module docstring), on
+    :class:`flowkit.geometry.PointCloud`.
     """
 
     def __init__(self, particles: Tensor, data: Tensor, g_ab: Tensor, f_aa: Tensor, eps: float,
-                 center: Tensor, memory_budget: int):
+                 center: Tensor, memory_budget: int, backend: str = "auto"):
         super().__init__()
         self.register_buffer("particles", particles)
         self.register_buffer("data", data)
@@ -162,24 +274,24 @@ class SinkhornPotential(Potential):
         self.register_buffer("center", center)
         self.eps = eps
         self.memory_budget = memory_budget
+        self.backend = backend
 
-    def _rows(self, cols: int) -> int:
-        return block_rows(cols, self.data.element_size(), self.memory_budget, 3)
+    def _clouds(self, z: Tensor) -> tuple[PointCloud, PointCloud]:
+        zc = z.flatten(1) - self.center
+        kw = {"memory_budget": self.memory_budget, "backend": self.backend,
+              "names": ("z", "data", "a", "b")}
+        to_data = PointCloud(zc, self.data, **kw)
+        return to_data, to_data._derived(zc, self.particles, None, None)
 
     def forward(self, z: Tensor) -> Tensor:
-        zc = z.flatten(1) - self.center
-        f_ab = _softmin(zc, self.data, self.h_b, self.eps, self._rows(self.data.shape[0]))
-        f_aa = _softmin(zc, self.particles, self.h_a, self.eps,
-                        self._rows(self.particles.shape[0]))
-        return f_ab - f_aa
+        to_data, to_particles = self._clouds(z)
+        return to_data.softmin(self.h_b, self.eps) - to_particles.softmin(self.h_a, self.eps)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
         # soft barycentres are torch ops: differentiable in z whenever z carries a graph
-        zc = z.flatten(1) - self.center
-        bar_a = _soft_barycenter(zc, self.particles, self.h_a, self.eps,
-                                 self._rows(self.particles.shape[0]))
-        bar_b = _soft_barycenter(zc, self.data, self.h_b, self.eps,
-                                 self._rows(self.data.shape[0]))
+        to_data, to_particles = self._clouds(z)
+        bar_a = to_particles.soft_barycenter(self.h_a, self.eps)
+        bar_b = to_data.soft_barycenter(self.h_b, self.eps)
         return (bar_a - bar_b).view_as(z)
 
 
@@ -196,14 +308,24 @@ class SinkhornDivergence(FunctionalObjective):
     scaling : float in (0, 1)
         Ratio of the :math:`\varepsilon`-scaling schedule (GeomLoss' ``scaling``).
     max_iter : int
-        Iterations at the final :math:`\varepsilon`, at most. At small ``blur`` relative
-        to the data's diameter Sinkhorn converges slowly; the default 100 trades accuracy
-        of the potentials for speed along a flow (``last_iterations`` tells whether the cap
-        was hit). Raise it, with a small ``tol``, for accurate values.
+        Iterations at the final :math:`\varepsilon`, at most (``last_results`` tells
+        whether the solve converged).
     tol : float
-        Stop once the potentials move less than ``tol`` (cost units) in an iteration.
+        Stop once the potentials move less than ``tol`` (cost units) in an iteration. The
+        defaults (``tol=1e-6``, ``max_iter=1000``) keep the gradient within 1% of a
+        converged float64 solve for ``blur >= 0.05`` on data of unit diameter: measured
+        0.17% at ``blur = 0.05`` (269 iterations) and 0.03% at ``blur = 0.1`` (97), N = M =
+        500, 8 gaussians in the unit square, against 2.4% and 0.18% with the former
+        ``tol=1e-5, max_iter=100`` (``benchmarks/sinkhorn.py --part accuracy``). Smaller
+        blurs need about ``diameter**2 / blur**2`` iterations: raise ``max_iter`` and lower
+        ``tol`` together, and watch ``last_results[0].marginal_error``, which tracked the
+        gradient's relative error within a factor 10 (measured 5-8x below it).
     memory_budget : int
         Bytes of temporaries per block.
+    policy : {"converge", "geomloss"}
+        Accuracy policy of :func:`sinkhorn` (module docstring).
+    backend : {"auto", "torch", "keops"}
+        Where the softmins run (:mod:`flowkit.backends`).
     warm_start : bool
         Start each evaluation from the potentials of the previous one (same numbers of
         points) instead of from zero with eps-scaling: along a flow the particles move
@@ -233,25 +355,29 @@ class SinkhornDivergence(FunctionalObjective):
     minimum = 0.0
 
     def __init__(self, data: Tensor, blur: float = 0.05, *, scaling: float = 0.5,
-                 max_iter: int = 100, tol: float = 1e-5,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True):
+                 max_iter: int = 1000, tol: float = 1e-6,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True,
+                 policy: str = "converge", backend: str = "auto"):
         self.data = check_particles(data, "data")
-        self.blur = check_positive(blur, "blur")
+        self.blur = _check_blur(blur, self.data.dtype)
         self.eps = self.blur**2
-        if not isinstance(scaling, (int, float)) or not 0.0 < scaling < 1.0:
-            raise ValueError(f"scaling must lie in (0, 1), got {scaling!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-        self.scaling = float(scaling)
-        self.max_iter = max_iter
+        self.scaling = _check_scaling(scaling)
+        self.max_iter = check_int(max_iter, "max_iter")
         self.tol = check_positive(tol, "tol")
+        self.policy = check_choice(policy, "policy", POLICIES)
+        self.backend = check_backend(backend)
+        if backend == "native":
+            raise ValueError("backend='native' has no Sinkhorn softmin (it fuses Gaussian "
+                             "kernel sums only); use 'auto', 'torch' or 'keops'")
         block_rows(data.shape[0], data.element_size(), memory_budget, 3)  # fail early
         self.memory_budget = memory_budget
         self._g_bb: Tensor | None = None  # the data's self-potential, cached
         self.warm_start = bool(warm_start)
         self._warm: dict[str, Tensor] | None = None
-        #: iterations at the final eps in the last evaluation (alpha-beta, alpha-alpha)
+        #: iterations of the last evaluation's solves (alpha-beta, alpha-alpha)
         self.last_iterations: tuple[int, int] = (0, 0)
+        #: the last evaluation's :class:`SinkhornResult` s (alpha-beta, alpha-alpha)
+        self.last_results: tuple[SinkhornResult, SinkhornResult] | None = None
 
     def validate(self, x: Tensor) -> None:
         check_particles(x, "x")
@@ -259,27 +385,31 @@ class SinkhornDivergence(FunctionalObjective):
 
     def _kw(self) -> dict[str, Any]:
         return {"scaling": self.scaling, "max_iter": self.max_iter, "tol": self.tol,
-                "memory_budget": self.memory_budget}
+                "policy": self.policy}
+
+    def _cloud(self, x: Tensor, y: Tensor) -> PointCloud:
+        return PointCloud(x, y, memory_budget=self.memory_budget, backend=self.backend,
+                          names=("x", "data", "a", "b"))
 
     def _solve(self, x: Tensor) -> dict[str, Tensor]:
         x2, y2 = x.detach().flatten(1), self.data.flatten(1)
-        # translation invariance: centre on the data so Gram-form distances stay accurate
+        # translation invariance: centre on the data (the blocks re-centre locally too)
         center = y2.mean(0, keepdim=True)
         xc, yc = x2 - center, y2 - center
         warm = self._warm if self.warm_start and self._warm is not None \
             and self._warm["f_ab"].shape[0] == xc.shape[0] \
             and self._warm["f_ab"].dtype == xc.dtype else None
-        f_ab, g_ab, it_ab = sinkhorn_potentials(
-            xc, yc, self.eps, init=None if warm is None else (warm["f_ab"], warm["g_ab"]),
-            **self._kw())
-        f_aa, _, it_aa = sinkhorn_potentials(
-            xc, None, self.eps, init=None if warm is None else (warm["f_aa"], warm["f_aa"]),
-            **self._kw())
-        self.last_iterations = (it_ab, it_aa)
+        geom = self._cloud(xc, yc)
+        ab = sinkhorn(geom, self.eps, init=None if warm is None else (warm["f_ab"], warm["g_ab"]),
+                      **self._kw())
+        aa = sinkhorn(geom._derived(xc, xc, None, None), self.eps, symmetric=True,
+                      init=None if warm is None else (warm["f_aa"], warm["f_aa"]), **self._kw())
+        self.last_iterations = (ab.iterations, aa.iterations)
+        self.last_results = (ab, aa)
         if self.warm_start:
-            self._warm = {"f_ab": f_ab, "g_ab": g_ab, "f_aa": f_aa}
-        return {"xc": xc, "yc": yc, "center": center, "f_ab": f_ab, "g_ab": g_ab,
-                "f_aa": f_aa}
+            self._warm = {"f_ab": ab.f, "g_ab": ab.g, "f_aa": aa.f}
+        return {"xc": xc, "yc": yc, "center": center, "f_ab": ab.f, "g_ab": ab.g,
+                "f_aa": aa.f}
 
     def state_dict(self) -> dict[str, Any]:
         """The warm-start potentials (so a resumed flow continues identically)."""
@@ -292,14 +422,14 @@ class SinkhornDivergence(FunctionalObjective):
 
     def _g_bb_cached(self, yc: Tensor) -> Tensor:
         if self._g_bb is None:
-            g_bb, _, _ = sinkhorn_potentials(yc, None, self.eps, **self._kw())
-            self._g_bb = g_bb
+            self._g_bb = sinkhorn(self._cloud(yc, yc), self.eps, symmetric=True,
+                                  **self._kw()).f
         return self._g_bb
 
     def first_variation(self, x: Tensor) -> SinkhornPotential:
         s = self._solve(x)
         return SinkhornPotential(s["xc"], s["yc"], s["g_ab"], s["f_aa"], self.eps, s["center"],
-                                 self.memory_budget)
+                                 self.memory_budget, self.backend)
 
     def value(self, x: Tensor) -> Tensor:
         r""":math:`S_\varepsilon = \langle\alpha, f_{ab} - f_{aa}\rangle
@@ -317,13 +447,4 @@ class SinkhornDivergence(FunctionalObjective):
         r"""The transport part :math:`\langle\pi, C\rangle` of the entropic plan (POT's
         ``ot.sinkhorn2`` value), computed in row blocks."""
         s = self._solve(x)
-        xc, yc, f, g = s["xc"], s["yc"], s["f_ab"], s["g_ab"]
-        n, m = xc.shape[0], yc.shape[0]
-        rows = block_rows(m, xc.element_size(), self.memory_budget, 3)
-        y_sq = yc.pow(2).sum(1)
-        total = xc.new_zeros(())
-        for sl in _blocks(n, rows):
-            c = 0.5 * _sqdist_gram(xc[sl], yc, y_sq)
-            log_pi = (f[sl, None] + g[None] - c) / self.eps - math.log(n * m)
-            total = total + (log_pi.exp() * c).sum()
-        return total
+        return self._cloud(s["xc"], s["yc"]).plan_cost(s["f_ab"], s["g_ab"], self.eps)

@@ -8,9 +8,9 @@ float32 unless ``--device``/``--dtype`` say otherwise):
   finiteness reduction, plus the witness gradient);
 * the same witness gradient with no validation at all.
 
-Prints a table and writes ``benchmarks/results/validation_overhead.json``::
+Prints a table and writes ``benchmarks/results/validation_objectives.json``::
 
-    python benchmarks/validation_overhead.py
+    python benchmarks/validation_objectives.py
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     out = {"n": args.n, "device": str(x.device), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "machine": platform.machine(), "seconds": rows,
            "validate_fraction": rows["validate (full)"] / base}
-    (RESULTS / "validation_overhead.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / "validation_objectives.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

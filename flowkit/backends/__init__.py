@@ -1,0 +1,85 @@
+"""Where the reductions run, and the one routing decision.
+
+``torch`` (:mod:`flowkit.backends.torch`) is plain torch, differentiable, any device and
+dtype. ``native`` (:mod:`flowkit.backends.native`) is a fused C path for the Gaussian kernel
+on CPU in float32. ``keops`` (:mod:`flowkit.backends.keops`) hands the reduction to KeOps.
+:func:`route` turns the requested backend (``"auto"`` by default) into the one that runs.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from flowkit.backends import native
+
+__all__ = ["BACKENDS", "DEFAULT_MEMORY_BUDGET", "block_rows", "check_backend",
+           "check_blocking", "route"]
+
+DEFAULT_MEMORY_BUDGET = 2**28  # bytes of temporaries per block (256 MiB)
+BACKENDS = ("auto", "torch", "native", "keops")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_blocking(block_size: int | None, memory_budget: int) -> None:
+    """``block_size``: None or an int >= 1; ``memory_budget``: an int number of bytes >= 1."""
+    if block_size is not None and (isinstance(block_size, bool)
+                                   or not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
+        raise TypeError(f"memory_budget must be an int number of bytes, got {memory_budget!r}")
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+
+
+def block_rows(n_cols: int, itemsize: int, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+               n_buffers: int = 2) -> int:
+    """Rows per block so that ``n_buffers`` temporaries of ``rows x n_cols`` fit the budget."""
+    check_blocking(None, memory_budget)
+    per_row = n_buffers * n_cols * itemsize
+    if memory_budget < per_row:
+        raise ValueError(
+            f"memory_budget={memory_budget} bytes is too small for one row of {n_cols} "
+            f"columns ({per_row} bytes); raise memory_budget to at least {per_row}"
+        )
+    return max(1, memory_budget // per_row)
+
+
+def _native_refusal(x: Tensor, gaussian_rate: float | None, tensors: tuple) -> str | None:
+    """None if the native path applies, else why not."""
+    import torch
+
+    if gaussian_rate is None:
+        return "it supports the Gaussian kernel only"
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return f"it runs float32 on CPU only, got {x.dtype} on {x.device}"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)):
+        return "it does not record gradients (use backend='torch' for autograd)"
+    return None
+
+
+def route(backend: str, x: Tensor, *tensors: Tensor, gaussian_rate: float | None = None,
+          what: str = "") -> str:
+    """The backend that will run: ``'torch'``, ``'native'`` or ``'keops'``.
+
+    ``auto`` takes the native path where it applies (Gaussian kernel, float32 on CPU, no
+    gradient being recorded) and is available, else torch; KeOps only when asked for.
+    ``gaussian_rate`` is ``c`` of a Gaussian kernel ``exp(-c r^2)``, None for anything the
+    native path cannot do (other kernels, Sinkhorn's softmin).
+    """
+    check_backend(backend)
+    if backend in ("torch", "keops"):
+        return backend
+    why = _native_refusal(x, gaussian_rate, tensors)
+    if backend == "native":
+        if why is not None:
+            raise ValueError(f"backend='native' cannot run here: {why}{what}")
+        if native.library() is None:
+            raise RuntimeError(f"backend='native' is unavailable: "
+                               f"{native.unavailable_reason()}; use backend='torch'")
+        return "native"
+    return "native" if why is None and native.library() is not None else "torch"

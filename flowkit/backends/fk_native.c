@@ -1,0 +1,94 @@
+/* flowkit's fused Gaussian reductions (AVX2 + FMA, float32).
+
+   exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Cephes' degree-6 expf
+   polynomial (measured max relative error 1.2e-7, about 1 ulp); arguments below the float
+   range give exactly 0. Threads are made by the caller (Python threads; ctypes releases
+   the GIL), so no OpenMP runtime is mixed with torch's.
+
+   The sizes the fused kernel supports are defined here only and read by Python through
+   fk_dmax() / fk_kmax(); fk_abi() versions the calling convention. */
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline __m256 fk_exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3365447f), hi = _mm256_set1_ps(88.3762626f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                   _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+void fk_scaled_exp(float *a, int64_t n, float s) {
+    const __m256 sv = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(a + i, fk_exp8(_mm256_mul_ps(sv, _mm256_loadu_ps(a + i))));
+    if (i < n) {
+        float buf[8] = {0};
+        for (int64_t k = i; k < n; ++k) buf[k - i] = a[k];
+        _mm256_storeu_ps(buf, fk_exp8(_mm256_mul_ps(sv, _mm256_loadu_ps(buf))));
+        for (int64_t k = i; k < n; ++k) a[k] = buf[k - i];
+    }
+}
+
+#define FK_R 4
+#define FK_DMAX 16
+#define FK_KMAX 17
+#define FK_ABI 2
+
+int64_t fk_dmax(void) { return FK_DMAX; }
+int64_t fk_kmax(void) { return FK_KMAX; }
+int64_t fk_abi(void) { return FK_ABI; }
+
+/* out[i, k] += sum_j exp(-|xs_i - ys_j|^2) vt[k, j] for r0 <= i < r1; xs (N, d) rows,
+   yt (d, M) and vt (K, M) transposed, M a multiple of 8 (padding columns have vt = 0). */
+void fk_gauss_reduce(const float *xs, const float *yt, const float *vt, float *out,
+                     int64_t r0, int64_t r1, int64_t M, int64_t d, int64_t K) {
+    for (int64_t i0 = r0; i0 < r1; i0 += FK_R) {
+        int64_t nr = (r1 - i0 < FK_R) ? (r1 - i0) : FK_R;
+        __m256 xb[FK_R][FK_DMAX];
+        __m256 acc[FK_R][FK_KMAX];
+        for (int64_t a = 0; a < FK_R; ++a) {
+            int64_t row = i0 + (a < nr ? a : 0);
+            for (int64_t c = 0; c < d; ++c) xb[a][c] = _mm256_set1_ps(xs[row * d + c]);
+            for (int64_t k = 0; k < K; ++k) acc[a][k] = _mm256_setzero_ps();
+        }
+        for (int64_t j = 0; j < M; j += 8) {
+            __m256 r2[FK_R], e[FK_R];
+            for (int64_t a = 0; a < FK_R; ++a) r2[a] = _mm256_setzero_ps();
+            for (int64_t c = 0; c < d; ++c) {
+                __m256 yv = _mm256_loadu_ps(yt + c * M + j);
+                for (int64_t a = 0; a < FK_R; ++a) {
+                    __m256 diff = _mm256_sub_ps(xb[a][c], yv);
+                    r2[a] = _mm256_fmadd_ps(diff, diff, r2[a]);
+                }
+            }
+            for (int64_t a = 0; a < FK_R; ++a)
+                e[a] = fk_exp8(_mm256_sub_ps(_mm256_setzero_ps(), r2[a]));
+            for (int64_t k = 0; k < K; ++k) {
+                __m256 vv = _mm256_loadu_ps(vt + k * M + j);
+                for (int64_t a = 0; a < FK_R; ++a)
+                    acc[a][k] = _mm256_fmadd_ps(e[a], vv, acc[a][k]);
+            }
+        }
+        for (int64_t a = 0; a < nr; ++a)
+            for (int64_t k = 0; k < K; ++k) {
+                float t[8];
+                _mm256_storeu_ps(t, acc[a][k]);
+                out[(i0 + a) * K + k] +=
+                    ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+            }
+    }
+}
