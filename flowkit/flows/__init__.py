@@ -1,0 +1,22 @@
+"""Particle flows toward a target: SVGD, KSD descent, sliced-Wasserstein, KL, WFR.
+
+Each module states its equation and paper. Flows whose direction is the gradient of a
+first variation are :class:`flowkit.FunctionalObjective` subclasses the engine runs
+today; the velocity-field (SVGD), noise (Langevin) and weight (WFR) parts are standalone
+functions and loops until the engine's generalized contract lands.
+"""
+
+from flowkit.flows.ksd import KSD, SteinPotential, ksd2, stein_kernel
+from flowkit.flows.svgd import SVGD, LinearKernel, SVGDResult, median_bandwidth, svgd_velocity
+
+__all__ = [
+    "SVGD",
+    "SVGDResult",
+    "LinearKernel",
+    "median_bandwidth",
+    "svgd_velocity",
+    "KSD",
+    "SteinPotential",
+    "ksd2",
+    "stein_kernel",
+]
