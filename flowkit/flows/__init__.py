@@ -7,6 +7,12 @@ functions and loops until the engine's generalized contract lands.
 """
 
 from flowkit.flows.ksd import KSD, SteinPotential, ksd2, stein_kernel
+from flowkit.flows.sliced import (
+    SlicedPotential,
+    SlicedWasserstein,
+    random_projections,
+    sliced_wasserstein2,
+)
 from flowkit.flows.svgd import SVGD, LinearKernel, SVGDResult, median_bandwidth, svgd_velocity
 
 __all__ = [
@@ -19,4 +25,8 @@ __all__ = [
     "SteinPotential",
     "ksd2",
     "stein_kernel",
+    "SlicedWasserstein",
+    "SlicedPotential",
+    "random_projections",
+    "sliced_wasserstein2",
 ]
