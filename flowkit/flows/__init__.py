@@ -6,6 +6,15 @@ today; the velocity-field (SVGD), noise (Langevin) and weight (WFR) parts are st
 functions and loops until the engine's generalized contract lands.
 """
 
+from flowkit.flows.kl import (
+    BlobKL,
+    BlobPotential,
+    LangevinResult,
+    langevin,
+    langevin_step,
+    ou_moments,
+    ula_moments,
+)
 from flowkit.flows.ksd import KSD, SteinPotential, ksd2, stein_kernel
 from flowkit.flows.sliced import (
     SlicedPotential,
@@ -29,4 +38,11 @@ __all__ = [
     "SlicedPotential",
     "random_projections",
     "sliced_wasserstein2",
+    "langevin",
+    "langevin_step",
+    "LangevinResult",
+    "ou_moments",
+    "ula_moments",
+    "BlobKL",
+    "BlobPotential",
 ]
