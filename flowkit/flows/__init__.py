@@ -23,6 +23,7 @@ from flowkit.flows.sliced import (
     sliced_wasserstein2,
 )
 from flowkit.flows.svgd import SVGD, LinearKernel, SVGDResult, median_bandwidth, svgd_velocity
+from flowkit.flows.wfr import WeightedWitness, WFRResult, weighted_mmd2, wfr_mmd_flow, wfr_step
 
 __all__ = [
     "SVGD",
@@ -45,4 +46,9 @@ __all__ = [
     "ula_moments",
     "BlobKL",
     "BlobPotential",
+    "WeightedWitness",
+    "WFRResult",
+    "weighted_mmd2",
+    "wfr_mmd_flow",
+    "wfr_step",
 ]
