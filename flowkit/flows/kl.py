@@ -2,16 +2,16 @@ r"""Flows of :math:`\mathrm{KL}(\mu\,|\,\pi)` for a target known through its sco
 
 The Wasserstein gradient flow of :math:`\mathrm{KL}(\mu\,|\,\pi)`, :math:`\pi \propto e^{-V}`,
 is the Fokker-Planck equation :math:`\partial_t\mu = \nabla\cdot(\mu\nabla V) + \Delta\mu`
-(Jordan, Kinderlehrer & Otto 1998 [JKO98], eq. (1.1)), whose first variation
+(Jordan, Kinderlehrer & Otto 1998 [JKO98]), whose first variation
 :math:`V + \log\mu + 1` cannot be evaluated on an empirical measure. Two particle versions:
 
 (a) **Unadjusted Langevin** ([JKO98]'s diffusion, discretized by Euler-Maruyama; Roberts &
-    Tweedie 1996 [RobertsTweedie96], eq. (1.3)):
+    Tweedie 1996 [RobertsTweedie96]):
     :math:`x \leftarrow x + \eta\nabla\log\pi(x) + \sqrt{2\eta/\beta}\,\xi`,
     :math:`\xi\sim\mathcal N(0, I)` from a seeded ``torch.Generator`` (:func:`langevin`);
     ``beta`` is the inverse temperature (1: the KL flow).
 
-(b) **The blob method** (Carrillo, Craig & Patacchini 2019 [CCP19], eqs. (1.5)-(1.7)): the
+(b) **The blob method** (Carrillo, Craig & Patacchini 2019 [CCP19], sec. 1): the
     entropy is regularized by a mollifier :math:`\varphi_\delta` (here the Gaussian density
     of variance :math:`\delta^2 I`),
 
@@ -211,7 +211,7 @@ class BlobPotential(Potential):
 
 
 class BlobKL(FunctionalObjective):
-    r""":math:`\mathrm{KL}_\delta(\mu\,|\,\pi)`, the blob-regularized KL ([CCP19], eq. (1.7)).
+    r""":math:`\mathrm{KL}_\delta(\mu\,|\,\pi)`, the blob-regularized KL ([CCP19]).
 
     Parameters
     ----------
@@ -221,9 +221,8 @@ class BlobKL(FunctionalObjective):
         ``x -> grad log pi(x)``; give it instead of (or with) ``log_density`` when known in
         closed form. With ``score`` alone the flow runs but has no value.
     bandwidth : float
-        :math:`\delta`, the mollifier's standard deviation. [CCP19] need it to shrink more
-        slowly than the particle spacing (their Thm. 1.4 takes
-        :math:`h^{1-\epsilon}\lesssim\delta`); too small and the entropy sees single
+        :math:`\delta`, the mollifier's standard deviation. [CCP19]'s convergence needs it
+        to shrink more slowly than the particle spacing; too small and the entropy sees single
         particles, too large and it sees :math:`\mu*\varphi_\delta` (a covariance bias of
         order :math:`\delta^2`).
 

@@ -2,7 +2,7 @@ r"""Kernel Stein discrepancy descent (Korba, Aubin-Frankowski, Majewski & Ablin 
 
 For a target :math:`\pi` with score :math:`s = \nabla\log\pi` and a radial base kernel
 :math:`k(x, y) = \kappa(r^2)`, :math:`r = \|x-y\|`, the Stein kernel is
-([KAMA21], eq. (3); Liu, Lee & Jordan 2016 [LiuLeeJordan16], Thm. 3.6)
+([KAMA21], sec. 2; Liu, Lee & Jordan 2016 [LiuLeeJordan16], sec. 3)
 
 .. math::
     k_\pi(x, y) = s(x)^\top s(y)\, k(x, y) + s(x)^\top \nabla_y k(x, y)
@@ -10,15 +10,15 @@ For a target :math:`\pi` with score :math:`s = \nabla\log\pi` and a radial base 
                 = \kappa\, s_x^\top s_y - 2\kappa' (x - y)^\top (s_x - s_y)
                   - 4 \kappa'' r^2 - 2 d\, \kappa',
 
-with :math:`\kappa', \kappa''` the derivatives in :math:`r^2` (written here from the
-radial form; for the Gaussian it is [KAMA21]'s eq. (16) form). The objective is
+with :math:`\kappa', \kappa''` the derivatives in :math:`r^2` (the second line derived
+here from the first for radial kernels). The objective is
 
 .. math::
     \mathrm{KSD}^2(\mu\,|\,\pi) = \iint k_\pi\, d\mu\, d\mu
         = \sum_{i, j} w_i w_j\, k_\pi(x_i, x_j),
 
-the V-statistic ([KAMA21], eq. (5)), with first variation
-:math:`\psi(z) = 2 \sum_j w_j k_\pi(z, x_j)` ([KAMA21], eq. (7)) and functional gradient
+the V-statistic ([KAMA21], sec. 3), with first variation
+:math:`\psi(z) = 2 \sum_j w_j k_\pi(z, x_j)` and functional gradient
 :math:`\nabla\psi(x_i) = 2\sum_j w_j \nabla_1 k_\pi(x_i, x_j) = (1/w_i)\,\partial
 \mathrm{KSD}^2/\partial x_i`. Its gradient needs the score's Jacobian, so it is taken by
 autograd through the blocked potential, one block of rows at a time (memory stays one
@@ -177,7 +177,7 @@ class SteinPotential(Potential):
 class KSD(FunctionalObjective):
     r"""Kernel Stein discrepancy :math:`\mathrm{KSD}^2(\mu\,|\,\pi)` as a flowkit objective.
 
-    KSD descent ([KAMA21], eq. (8)) is then :class:`flowkit.FunctionalGradientDescent` on
+    KSD descent ([KAMA21], sec. 3) is then :class:`flowkit.FunctionalGradientDescent` on
     it: ``x_i <- x_i - eta grad psi(x_i)``. ``ksddescent.ksdd_gradient(step=s)`` steps on
     ``d(sum K / N^2)/dx = grad psi / N``, so its ``step`` is flowkit's ``eta * N``.
 

@@ -6,12 +6,12 @@ projections matrix, POT's convention) the objective is the sliced squared distan
 .. math::
     \mathrm{SW}_2^2(\mu, \nu) = \frac1L \sum_{l} W_2^2(\theta_l \sharp\mu, \theta_l \sharp\nu)
 
-([Bonneel15], eq. (13), with the integral over the sphere replaced by the ``L`` directions).
+([Bonneel15], with the integral over the sphere replaced by the ``L`` directions).
 In 1-D, with :math:`F^{-1}` the quantile functions, :math:`W_2^2 = \int_0^1 |F_\mu^{-1} -
 F_\nu^{-1}|^2 du`, and the first variation of :math:`W_2^2(\cdot, \nu)` at :math:`\mu` is
 the Kantorovich potential :math:`\varphi_\theta` with :math:`\varphi_\theta'(t) = 2(t -
 T_\theta(t))`, :math:`T_\theta = F_\nu^{-1} \circ F_\mu` the monotone map ([Bonnotte13],
-Prop. 5.1.7; [LiutkusEtAl19], eq. (8)). Hence
+ch. 5; [LiutkusEtAl19], sec. 3). Hence
 
 .. math::
     \psi(z) = \frac1L\sum_l \varphi_{\theta_l}(\theta_l^\top z), \qquad

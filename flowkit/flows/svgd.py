@@ -1,4 +1,4 @@
-r"""Stein variational gradient descent (Liu & Wang 2016 [LiuWang16], Algorithm 1, eq. (8)).
+r"""Stein variational gradient descent (Liu & Wang 2016 [LiuWang16], Lemma 3.2 and Algorithm 1).
 
 For a target :math:`\pi` known through its score :math:`s = \nabla\log\pi` and particles
 :math:`\mu = \sum_j w_j \delta_{y_j}` (uniform weights by default), the SVGD direction is
@@ -48,8 +48,11 @@ class LinearKernel:
     r"""The linear kernel :math:`k(x, y) = 1 + x^\top y` (not radial: SVGD only).
 
     With it SVGD matches first and second moments: for a Gaussian target its fixed points
-    are exactly the particle sets with the target's mean and covariance (Liu & Wang 2018
-    [LiuWang18], sec. 3.1). The velocity is affine, computed in closed form in O(N d^2).
+    are exactly the particle sets with the target's mean and covariance: with
+    :math:`s(y) = -\Sigma^{-1}(y - m)`, :math:`\phi \equiv 0` forces
+    :math:`\hat m = m` and :math:`\hat C = \Sigma` (derived here; moment matching by SVGD
+    is the subject of Liu & Wang 2018 [LiuWang18]). The velocity is affine, computed in
+    closed form in O(N d^2).
     """
 
     def __repr__(self) -> str:
@@ -93,7 +96,7 @@ def svgd_velocity(x: Tensor, score: Score | Tensor, kernel: Kernel | LinearKerne
                   weights: Tensor | None = None, *, bandwidth: float | str | None = None,
                   block_size: int | None = None,
                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Tensor:
-    r"""The SVGD direction :math:`\phi^*_\mu(x_i)` at every particle (Liu & Wang 2016, eq. (8)).
+    r"""The SVGD direction :math:`\phi^*_\mu(x_i)` at every particle ([LiuWang16], Lemma 3.2).
 
     Parameters
     ----------

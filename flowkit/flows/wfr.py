@@ -8,9 +8,9 @@ with first variation the weighted witness
     \psi(z) = 2\Big(\sum_j w_j k(z, x_j) - \frac1M\sum_m k(z, y_m)\Big).
 
 The Wasserstein-Fisher-Rao gradient flow :math:`\partial_t\mu = \nabla\cdot(\mu\nabla\psi)
-- \alpha\,\mu\,(\psi - \int\psi\,d\mu)` (Lu, Lu & Nolen 2019 [LuLuNolen19], eq. (1.4);
-Rotskoff, Jelassi, Bruna & Vanden-Eijnden 2019 [RotskoffEtAl19], eq. (9); Yan, Wang &
-Rigollet 2023 [YanWangRigollet23], sec. 2) is discretized as one transport step and one
+- \alpha\,\mu\,(\psi - \int\psi\,d\mu)` (Lu, Lu & Nolen 2019 [LuLuNolen19];
+Rotskoff, Jelassi, Bruna & Vanden-Eijnden 2019 [RotskoffEtAl19]; Yan, Wang & Rigollet
+2023 [YanWangRigollet23]) is discretized as one transport step and one
 multiplicative (mirror / birth-death) weight step, both at the current :math:`(x, w)`:
 
 .. math::
