@@ -228,7 +228,7 @@ class BlobKL(FunctionalObjective):
 
     Examples
     --------
-    >>> import torch, flowkit as fk
+    >>> import torch, flowkit as fk, flowkit.flows
     >>> obj = fk.flows.BlobKL(log_density=lambda x: -0.5 * (x**2).sum(1), bandwidth=0.3)
     >>> flow = fk.FunctionalGradientDescent(obj, 0.05, progress=False)
     >>> flow.run(torch.randn(100, 1) + 2.0, 5).particles.shape

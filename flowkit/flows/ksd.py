@@ -194,7 +194,7 @@ class KSD(FunctionalObjective):
 
     Examples
     --------
-    >>> import torch, flowkit as fk
+    >>> import torch, flowkit as fk, flowkit.flows
     >>> obj = fk.flows.KSD(score=lambda x: -x)
     >>> flow = fk.FunctionalGradientDescent(obj, step_size=0.1, progress=False)
     >>> flow.run(torch.randn(30, 2) + 2.0, n_steps=5).particles.shape

@@ -63,27 +63,41 @@ def _check_projections(projections: Tensor, x: Tensor) -> Tensor:
     return projections
 
 
-def _slices(x: Tensor, y: Tensor, projections: Tensor, w: Tensor):
-    r"""Sorted particle projections ``a``, their sort order, cell integrals ``I`` and targets
-    ``b = I / w`` per direction (all ``(L, N)``), the shift and ``mean(q^2)`` per direction.
+def _target_slices(y: Tensor, projections: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per direction: the sorted shifted target projections ``q`` ``(L, M)``, the shift
+    ``(L, 1)``, ``G(k / M) = int_0^{k/M} F_nu^{-1}`` ``(L, M + 1)`` and ``mean(q^2)``.
 
     Projections are shifted by the target's mean projection (translation invariance) so
     the value's three terms do not cancel large numbers.
     """
-    q = (y @ projections).T  # (L, M)
+    q = (y @ projections).T
     shift = q.mean(1, keepdim=True)
     q = torch.sort(q - shift, dim=1).values
+    Qc = torch.cat([torch.zeros_like(q[:, :1]), torch.cumsum(q, 1) / q.shape[1]], 1)
+    return q, shift, Qc, q.pow(2).mean(1)
+
+
+def _slices(x: Tensor, target: tuple[Tensor, Tensor, Tensor, Tensor], projections: Tensor,
+            w: Tensor):
+    r"""Sorted particle projections ``a``, their sort order, cell integrals ``I`` and targets
+    ``b = I / w`` per direction (all ``(L, N)``), given :func:`_target_slices`' output."""
+    q, shift, Qc, _ = target
     a, order = torch.sort((x @ projections).T - shift, dim=1)
     ws = w[order]  # (L, N)
     m = q.shape[1]
     cuts = torch.cat([torch.zeros_like(ws[:, :1]), torch.cumsum(ws, 1)], 1).clamp_(0.0, 1.0)
     # G(u) = int_0^u F_nu^{-1}: piecewise linear with knots at k / M
-    Qc = torch.cat([torch.zeros_like(q[:, :1]), torch.cumsum(q, 1) / m], 1)
     idx = torch.clamp(torch.floor(cuts * m).long(), 0, m - 1)
     G = Qc.gather(1, idx) + (cuts - idx.to(q.dtype) / m) * q.gather(1, idx)
     integral = G[:, 1:] - G[:, :-1]
     b = integral / ws.clamp_min(torch.finfo(ws.dtype).tiny)
-    return a, order, integral, b, shift, q.pow(2).mean(1)
+    return a, order, integral, b
+
+
+def _sw2(x: Tensor, target: tuple, projections: Tensor, w: Tensor) -> Tensor:
+    a, order, integral, _ = _slices(x, target, projections, w)
+    per_direction = (w[order] * a.pow(2)).sum(1) + target[3] - 2.0 * (a * integral).sum(1)
+    return per_direction.mean()
 
 
 def sliced_wasserstein2(x: Tensor, y: Tensor, projections: Tensor,
@@ -102,9 +116,7 @@ def sliced_wasserstein2(x: Tensor, y: Tensor, projections: Tensor,
         raise ValueError(f"x must have shape (N, d), got {tuple(x.shape)}")
     _check_projections(projections, x)
     w = uniform_or_checked_weights(weights, x)
-    a, order, integral, _, _, q2 = _slices(x, y, projections, w)
-    per_direction = (w[order] * a.pow(2)).sum(1) + q2 - 2.0 * (a * integral).sum(1)
-    return per_direction.mean()
+    return _sw2(x, _target_slices(y, projections), projections, w)
 
 
 class SlicedPotential(Potential):
@@ -177,7 +189,7 @@ class SlicedWasserstein(FunctionalObjective):
 
     Examples
     --------
-    >>> import torch, flowkit as fk
+    >>> import torch, flowkit as fk, flowkit.flows
     >>> y = torch.randn(100, 2) + 3.0
     >>> obj = fk.flows.SlicedWasserstein(y, n_projections=20, seed=0)
     >>> fk.FunctionalGradientDescent(obj, 0.5, progress=False).run(torch.randn(100, 2), 10
@@ -215,11 +227,21 @@ class SlicedWasserstein(FunctionalObjective):
 
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> SlicedPotential:
         w = uniform_or_checked_weights(weights, x)
-        a, _, _, b, shift, _ = _slices(x.detach(), self.target, self.projections, w)
-        return SlicedPotential(self.projections, a, b, shift)
+        target = self._target()
+        a, _, _, b = _slices(x.detach(), target, self.projections, w)
+        return SlicedPotential(self.projections, a, b, target[1])
 
     def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
-        return sliced_wasserstein2(x, self.target, self.projections, weights)
+        self.validate(x)
+        w = uniform_or_checked_weights(weights, x)
+        return _sw2(x, self._target(), self.projections, w)
+
+    def _target(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # the target's sorted projections change only with the directions: sort once per set
+        if getattr(self, "_cache_key", None) is not self.projections:
+            self._cache = _target_slices(self.target, self.projections)
+            self._cache_key = self.projections
+        return self._cache
 
     def after_step(self, layer: Any) -> None:
         if self.resample:

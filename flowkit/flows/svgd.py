@@ -179,7 +179,7 @@ class SVGD:
 
     Examples
     --------
-    >>> import torch, flowkit as fk
+    >>> import torch, flowkit as fk, flowkit.flows
     >>> svgd = fk.flows.SVGD(score=lambda x: -x, bandwidth=1.0)
     >>> svgd.run(torch.randn(50, 2) + 3.0, step_size=0.5, n_steps=20).particles.shape
     torch.Size([50, 2])
