@@ -16,6 +16,7 @@ from flowkit.flows.kl import (
     ula_moments,
 )
 from flowkit.flows.ksd import KSD, SteinPotential, ksd2, stein_kernel
+from flowkit.flows.optimizers import OptimResult, armijo_descent, lbfgs, momentum_descent
 from flowkit.flows.sliced import (
     SlicedPotential,
     SlicedWasserstein,
@@ -51,4 +52,8 @@ __all__ = [
     "weighted_mmd2",
     "wfr_mmd_flow",
     "wfr_step",
+    "OptimResult",
+    "armijo_descent",
+    "momentum_descent",
+    "lbfgs",
 ]
