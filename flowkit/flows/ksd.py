@@ -51,8 +51,8 @@ from flowkit.validation import check_particles
 
 __all__ = ["stein_kernel", "ksd2", "SteinPotential", "KSD"]
 
-# temporaries of one row block: r2, kappa, kappa', kappa'', two inner-product matrices
-_BUFFERS = 8
+# temporaries of one row block: r2, kappa, kappa', kappa'', the products, their graph
+_BUFFERS = 12
 
 
 def _profile_derivatives(kernel: Kernel, r2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -81,12 +81,18 @@ def stein_kernel(x: Tensor, y: Tensor, sx: Tensor, sy: Tensor, kernel: Kernel) -
     r"""The Stein kernel matrix :math:`k_\pi(x_i, y_j)`, shape ``(N, M)`` (one block).
 
     ``sx``, ``sy`` are the scores at ``x`` and ``y``. Differentiable in all four tensors.
+    Written with matrix products only (no ``N x M x d`` temporaries): ``r^2`` and
+    :math:`(x-y)^\top(s_x-s_y) = x\cdot s_x - x\cdot s_y - y\cdot s_x + y\cdot s_y` in Gram
+    form, after centring both samples on ``y``'s mean (the kernel is translation invariant)
+    so that float32 distances stay accurate.
     """
     d = x.shape[1]
-    diff = x[:, None, :] - y[None, :, :]
-    r2 = diff.pow(2).sum(-1)
+    center = y.mean(0, keepdim=True).detach()
+    x, y = x - center, y - center
+    x2, y2 = x.pow(2).sum(1), y.pow(2).sum(1)
+    r2 = (x2[:, None] + y2[None, :] - 2.0 * (x @ y.T)).clamp(min=0.0)
     k0, k1, k2 = _profile_derivatives(kernel, r2)
-    cross = (diff * (sx[:, None, :] - sy[None, :, :])).sum(-1)
+    cross = ((x * sx).sum(1)[:, None] - x @ sy.T - sx @ y.T + (y * sy).sum(1)[None, :])
     return k0 * (sx @ sy.T) - 2.0 * k1 * cross - 4.0 * k2 * r2 - (2.0 * d) * k1
 
 
@@ -96,9 +102,9 @@ def _stein_rows(z: Tensor, sz: Tensor, y: Tensor, sy: Tensor, wy: Tensor, kernel
     return stein_kernel(z, y, sz, sy, kernel) @ wy
 
 
-def _rows(m: Tensor, block_size: int | None, memory_budget: int, d: int) -> int:
+def _rows(m: Tensor, block_size: int | None, memory_budget: int) -> int:
     _check_blocking(block_size, memory_budget)
-    return block_size or block_rows(m.shape[0], m.element_size(), memory_budget, _BUFFERS + d)
+    return block_size or block_rows(m.shape[0], m.element_size(), memory_budget, _BUFFERS)
 
 
 def ksd2(x: Tensor, score: Score, kernel: Kernel | None = None, weights: Tensor | None = None,
@@ -130,7 +136,7 @@ def ksd2(x: Tensor, score: Score, kernel: Kernel | None = None, weights: Tensor 
     kernel = _check_kernel(Gaussian(1.0) if kernel is None else kernel)
     w = uniform_or_checked_weights(weights, x)
     s = checked_score(resolve_score(score, None), x)
-    rows = _rows(x, block_size, memory_budget, x.shape[1])
+    rows = _rows(x, block_size, memory_budget)
     total = x.new_zeros(())
     for a in range(0, x.shape[0], rows):
         total = total + w[a:a + rows] @ _stein_rows(x[a:a + rows], s[a:a + rows], x, s, w,
@@ -220,7 +226,7 @@ class KSD(FunctionalObjective):
         self.validate(x)
         w = uniform_or_checked_weights(weights, x)
         s = checked_score(self.score, x.detach())
-        rows = _rows(x, self._kw["block_size"], self._kw["memory_budget"], x.shape[1])
+        rows = _rows(x, self._kw["block_size"], self._kw["memory_budget"])
         return SteinPotential(x, s, w, self.score, self.kernel, rows)
 
     def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:

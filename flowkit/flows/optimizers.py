@@ -23,6 +23,7 @@ comes with the generalized contract.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -153,24 +154,30 @@ def momentum_descent(objective: FunctionalObjective, x0: Tensor, n_steps: int, *
 
 
 def lbfgs(objective: FunctionalObjective, x0: Tensor, max_iter: int = 100, *,
-          history_size: int = 10, tol: float = 1e-10) -> OptimResult:
+          history_size: int = 10, tol: float = 1e-10,
+          callback: Callable[[int, Tensor], None] | None = None) -> OptimResult:
     """L-BFGS on the flattened particles with a strong-Wolfe line search (module docstring).
 
-    ``tol`` is torch's ``tolerance_grad`` on the value's gradient ``g / N`` (max entry).
+    One L-BFGS iteration per ``torch.optim.LBFGS.step`` (its curvature history persists
+    across steps), so ``values`` has one entry per iteration and ``callback(k, x)``, if
+    given, sees the particles after iteration ``k``. Stops early once the value's gradient
+    ``g / N`` has max entry ``<= tol`` or an iteration leaves the particles unchanged.
     """
     objective = _check_objective(objective, x0)
     max_iter = check_int(max_iter, "max_iter", minimum=0)
     history_size = check_int(history_size, "history_size")
     tol = check_number(tol, "tol", minimum=0.0)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (k, x) -> None, got "
+                        f"{type(callback).__name__}")
     t0 = time.perf_counter()
     n = x0.shape[0]
     param = x0.detach().clone().requires_grad_(True)
-    values = [float(objective.value(param.detach()))]
-    if max_iter == 0:
-        return OptimResult(param.detach(), values, 0, 1, time.perf_counter() - t0)
-    opt = torch.optim.LBFGS([param], lr=1.0, max_iter=max_iter, history_size=history_size,
-                            tolerance_grad=tol, tolerance_change=0.0,
-                            line_search_fn="strong_wolfe")
+    # max_eval bounds the line search's evaluations per iteration (torch's default,
+    # 1.25 * max_iter, would allow a single one here)
+    opt = torch.optim.LBFGS([param], lr=1.0, max_iter=1, max_eval=25,
+                            history_size=history_size, tolerance_grad=tol,
+                            tolerance_change=0.0, line_search_fn="strong_wolfe")
     evals = [0]
 
     def closure() -> Tensor:
@@ -179,9 +186,16 @@ def lbfgs(objective: FunctionalObjective, x0: Tensor, max_iter: int = 100, *,
         evals[0] += 1
         return objective.value(x).detach()
 
-    opt.step(closure)
-    state = opt.state[param]
-    x = param.detach()
-    values.append(float(objective.value(x)))
-    return OptimResult(x, values, int(state.get("n_iter", 0)), evals[0] + 1,
+    values = [float(objective.value(param.detach()))]
+    k = 0
+    while k < max_iter:
+        before = param.detach().clone()
+        opt.step(closure)
+        k += 1
+        values.append(float(objective.value(param.detach())))
+        if callback is not None:
+            callback(k, param.detach())
+        if float(param.grad.abs().max()) <= tol or torch.equal(before, param.detach()):
+            break  # stationary, or the line search found no decrease
+    return OptimResult(param.detach(), values, k, evals[0] + len(values),
                        time.perf_counter() - t0)

@@ -81,3 +81,12 @@ def test_bad_inputs_name_the_argument(gen):
         armijo_descent(_quad(), x, 3, shrink=1.5)
     with pytest.raises(ValueError, match="step_size"):
         armijo_descent(_quad(), x, 3, step_size=0.0)
+
+
+def test_lbfgs_callback_sees_every_iteration(gen):
+    x0 = torch.randn(10, 2, generator=gen, dtype=DT) * 2
+    seen = []
+    res = lbfgs(_quad(), x0, 5, callback=lambda k, x: seen.append((k, x.clone())))
+    assert [k for k, _ in seen] == list(range(1, res.n_steps + 1))
+    torch.testing.assert_close(seen[-1][1], res.particles)
+    assert len(res.values) == res.n_steps + 1
