@@ -64,6 +64,8 @@ __all__ = ["langevin_step", "langevin", "LangevinResult", "ou_moments", "ula_mom
            "BlobPotential", "BlobKL"]
 
 
+# ENGINE HOOK (noise): the engine's Langevin option adds exactly this step's noise term
+# sqrt(2 eta / beta) xi after its gradient step; this function is the reference for it.
 def langevin_step(x: Tensor, score: Tensor, step_size: float, generator: torch.Generator,
                   beta: float = 1.0) -> Tensor:
     r"""One ULA step :math:`x + \eta\, s + \sqrt{2\eta/\beta}\,\xi` given the score ``s`` at
@@ -249,6 +251,8 @@ class BlobKL(FunctionalObjective):
         _check_blocking(block_size, memory_budget)
         self._kw = {"block_size": block_size, "memory_budget": memory_budget}
 
+    # ENGINE HOOK (weights): takes the particle weights already; the engine's
+    # functional_gradient(x, w) is first_variation(x, w).grad(x).
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> BlobPotential:
         w = uniform_or_checked_weights(weights, x)
         return BlobPotential(x, w, self.bandwidth, self.score, self.log_density, self._kw)

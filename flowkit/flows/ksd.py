@@ -222,6 +222,8 @@ class KSD(FunctionalObjective):
         if x.dim() != 2:
             raise ValueError(f"x must have shape (N, d), got {tuple(x.shape)}")
 
+    # ENGINE HOOK (weights): takes the particle weights already; the engine's
+    # functional_gradient(x, w) is first_variation(x, w).grad(x).
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> SteinPotential:
         self.validate(x)
         w = uniform_or_checked_weights(weights, x)

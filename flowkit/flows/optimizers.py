@@ -38,7 +38,8 @@ __all__ = ["OptimResult", "armijo_descent", "momentum_descent", "lbfgs"]
 @dataclass
 class OptimResult:
     """Final particles, the value after every iteration (``values[0]`` at ``x0``), the
-    iterations, objective evaluations (value or gradient calls) and seconds."""
+    iterations, the objective evaluations the method itself needs (each value or gradient
+    call counts one; values recorded only for ``values`` do not count) and seconds."""
 
     particles: Tensor
     values: list[float]
@@ -197,5 +198,5 @@ def lbfgs(objective: FunctionalObjective, x0: Tensor, max_iter: int = 100, *,
             callback(k, param.detach())
         if float(param.grad.abs().max()) <= tol or torch.equal(before, param.detach()):
             break  # stationary, or the line search found no decrease
-    return OptimResult(param.detach(), values, k, evals[0] + len(values),
+    return OptimResult(param.detach(), values, k, 2 * evals[0],
                        time.perf_counter() - t0)

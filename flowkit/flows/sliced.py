@@ -225,6 +225,8 @@ class SlicedWasserstein(FunctionalObjective):
         check_particles(x, "x")
         check_compatible(x, self.target, "x", "target")
 
+    # ENGINE HOOK (weights): takes the particle weights already; the engine's
+    # functional_gradient(x, w) is first_variation(x, w).grad(x).
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> SlicedPotential:
         w = uniform_or_checked_weights(weights, x)
         target = self._target()

@@ -199,6 +199,8 @@ class SVGD:
         self.kernel, self.bandwidth = kernel, bandwidth
         self._kw = {"block_size": block_size, "memory_budget": memory_budget}
 
+    # ENGINE HOOK (velocity field): the signature the velocity-field contract calls; the
+    # engine's layer then moves x <- x + eta * velocity(x, w) (descent direction -velocity).
     def velocity(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         """:math:`\\phi^*_\\mu` at the particles (the step is ``x + eta * velocity``)."""
         return svgd_velocity(x, self.score, self.kernel, weights, bandwidth=self.bandwidth,

@@ -94,6 +94,8 @@ def weighted_mmd2(x: Tensor, weights: Tensor | None, target: Tensor, kernel: Ker
     return cross + kernel_sum(target, target, kernel, **kw).mean()
 
 
+# ENGINE HOOK (weights): with weighted particles in the engine, the transport half is the
+# engine step on MMD's weighted witness and the weight half is this multiplicative update.
 def wfr_step(x: Tensor, weights: Tensor, target: Tensor, kernel: Kernel, step_size: float,
              weight_step: float, **kw) -> tuple[Tensor, Tensor]:
     """One WFR step from ``(x, weights)``: returns the new particles and weights."""
