@@ -85,21 +85,22 @@ def part_wfr(args) -> list[dict]:
                 else:
                     curve, x, w, seconds = _wfr_run(x0, y, kernel, eta, level, args.steps,
                                                     args.every)
-                stranded = float(((x.abs() > 3 * 2.0 + 3).squeeze(1).to(DT)
-                                  * (w if w is not None else torch.full((100,), 0.01,
-                                                                        dtype=DT))).sum())
+                far = (x.abs() > 3 * 2.0 + 3).squeeze(1)
+                mass = w if w is not None else torch.full((100,), 0.01, dtype=DT)
+                stranded, stranded_n = float((far.to(DT) * mass).sum()), int(far.sum())
                 rows.append({"setting": setting, "seed": seed, "method": name,
                              "mmd2_start": curve[0], "mmd2_final": curve[-1],
                              "mmd2_min": min(curve), "stranded_mass": stranded,
+                             "stranded_particles": stranded_n,
                              "seconds": seconds, "steps": args.steps})
     print(f"\nWFR vs noise injection ({args.steps} steps, eta = 0.5, sigma = 2, N = M = 100, "
-          f"noise until step {until}; stranded = mass farther than 9 from 0)")
+          f"noise until step {until}; stranded: mass and particles farther than 9 from 0)")
     print(f"{'setting':>7} {'seed':>4} {'method':>16} {'MMD2 start':>10} {'MMD2 final':>10} "
-          f"{'MMD2 min':>9} {'stranded':>8} {'s':>6}")
+          f"{'MMD2 min':>9} {'stranded':>8} {'(count)':>7} {'s':>6}")
     for r in rows:
         print(f"{r['setting']:>7} {r['seed']:>4} {r['method']:>16} {r['mmd2_start']:>10.3e} "
               f"{r['mmd2_final']:>10.3e} {r['mmd2_min']:>9.2e} {r['stranded_mass']:>8.2f} "
-              f"{r['seconds']:>6.1f}")
+              f"{r['stranded_particles']:>7d} {r['seconds']:>6.1f}")
     return rows
 
 
