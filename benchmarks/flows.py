@@ -307,8 +307,10 @@ def main() -> None:
     torch.set_num_threads(1)
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(),
-                       "note": "shared machine, other jobs running (loaded)"},
-           "args": vars(args)}
+                       "note": "shared machine, other jobs running (loaded)"}}
+    for part in ("wfr", "targets"):  # each part keeps the arguments it ran with
+        if args.part in ("all", part):
+            out[f"args_{part}"] = vars(args)
     if args.part in ("all", "wfr"):
         out["wfr"] = part_wfr(args)
     if args.part in ("all", "targets"):
@@ -320,7 +322,7 @@ def main() -> None:
         if "targets" in out and "targets" in previous:  # keep the targets not rerun
             out["targets"] = [r for r in previous["targets"] if r["target"] not in
                               args.targets] + out["targets"]
-        previous.update({k: v for k, v in out.items() if k in ("wfr", "targets", "machine")})
+        previous.update(out)
         out = previous
     path.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {path}")
