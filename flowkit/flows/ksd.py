@@ -91,8 +91,14 @@ def stein_kernel(x: Tensor, y: Tensor, sx: Tensor, sy: Tensor, kernel: Kernel) -
     x, y = x - center, y - center
     x2, y2 = x.pow(2).sum(1), y.pow(2).sum(1)
     r2 = (x2[:, None] + y2[None, :] - 2.0 * (x @ y.T)).clamp(min=0.0)
-    k0, k1, k2 = _profile_derivatives(kernel, r2)
     cross = ((x * sx).sum(1)[:, None] - x @ sy.T - sx @ y.T + (y * sy).sum(1)[None, :])
+    if isinstance(kernel, Gaussian):
+        # kappa' = -c kappa, kappa'' = c^2 kappa: one exponential, one bracket (3x fewer
+        # N x M temporaries, forward and backward, than the general form)
+        c = kernel.gaussian_rate()
+        bracket = (sx @ sy.T).add_(cross, alpha=2.0 * c).add_(r2, alpha=-4.0 * c * c)
+        return torch.exp(-c * r2) * bracket.add_(2.0 * d * c)
+    k0, k1, k2 = _profile_derivatives(kernel, r2)
     return k0 * (sx @ sy.T) - 2.0 * k1 * cross - 4.0 * k2 * r2 - (2.0 * d) * k1
 
 
