@@ -58,6 +58,7 @@ from flowkit.validation import (
     check_finite,
     check_particles,
     check_signed_weights,
+    check_weights,
 )
 
 __all__ = ["PointCloud"]
@@ -122,8 +123,7 @@ class PointCloud:
         if kernel is not None and not isinstance(kernel, Kernel):
             raise TypeError(f"kernel must be a flowkit.kernels.Kernel, got "
                             f"{type(kernel).__name__}")
-        check_blocking(block_size, memory_budget)
-        check_backend(backend)
+        self.check_policy(block_size, memory_budget, backend)
         if a is not None:
             check_signed_weights(a, x.shape[0], na, like=x, finite=False)
         if b is not None:
@@ -138,6 +138,86 @@ class PointCloud:
         self._segs: list[tuple[slice, Tensor]] | None = None
         self.kernel = kernel
         self.block_size, self.memory_budget, self.backend = block_size, memory_budget, backend
+
+    @staticmethod
+    def check_policy(block_size: int | None, memory_budget: int, backend: str) -> None:
+        """The one check of the blocking policy and the backend (errors name the argument).
+
+        Objects that keep the three settings rather than a cloud (potentials saved in a
+        run's layers) check them here, once, at construction.
+        """
+        check_blocking(block_size, memory_budget)
+        check_backend(backend)
+
+    @property
+    def policy(self) -> dict[str, object]:
+        """``block_size``, ``memory_budget`` and ``backend``, as keyword arguments."""
+        return {"block_size": self.block_size, "memory_budget": self.memory_budget,
+                "backend": self.backend}
+
+    @classmethod
+    def checked(cls, x: Tensor, y: Tensor, *, a: Tensor | None = None,
+                b: Tensor | None = None, kernel: Kernel | None = None,
+                block_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                backend: str = "auto") -> PointCloud:
+        """A cloud on inputs its caller validated already (no checks, no synchronisation).
+
+        For potentials that hold validated snapshots and are evaluated at every step.
+        """
+        out = object.__new__(cls)
+        out._set(x, y, a, b, kernel, block_size, memory_budget, backend)
+        return out
+
+    def particles(self, x: Tensor, *, finite: bool = True, name: str = "x",
+                  target: str = "target") -> Tensor:
+        """Check particles ``x`` against this cloud's ``y`` (event shape, device, dtype).
+
+        With ``finite=False`` only metadata is checked (no device synchronisation: the
+        engine's per-step hook, whose inputs the engine checks after each update).
+        """
+        check_particles(x, name, finite=finite)
+        check_compatible(x, self.y, name, target)
+        return x
+
+    @staticmethod
+    def particle_weights(weights: Tensor | None, x: Tensor, *, finite: bool = True,
+                         name: str = "weights") -> Tensor | None:
+        """Check the probability ``weights`` of particles ``x`` (``None``: uniform).
+
+        With ``finite=False`` only metadata (shape, dtype, device) is checked.
+        """
+        if weights is not None:
+            if finite:
+                check_weights(weights, x.shape[0], name, like=x)
+            else:
+                check_signed_weights(weights, x.shape[0], name, like=x, finite=False)
+        return weights
+
+    @staticmethod
+    def signed_stack(x: Tensor, y: Tensor, cx: float, cy: float, a: Tensor | None = None,
+                     b: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Points ``[x; y]`` with weights ``[cx a; cy b]`` (``None``: uniform): the witness
+        :math:`c_x\sum_i a_i k(\cdot, x_i) + c_y\sum_j b_j k(\cdot, y_j)` as one sum.
+
+        Built per call rather than stored, so objects that keep ``y`` (a shared target)
+        never hold a copy of it.
+        """
+        def scaled(w: Tensor | None, n: int, c: float) -> Tensor:
+            return x.new_full((n,), c / n) if w is None else c * w
+
+        return (torch.cat([x, y]),
+                torch.cat([scaled(a, x.shape[0], cx), scaled(b, y.shape[0], cy)]))
+
+    def rows(self, z: Tensor) -> PointCloud:
+        """The cloud of rows ``z`` against this cloud's ``y`` and ``b`` (same kernel and
+        policy); ``z`` is trusted (the caller checked it)."""
+        return self._derived(z, self.y, None, self._b)
+
+    @property
+    def given_b(self) -> Tensor | None:
+        """The weights of ``y`` as given (``None``: uniform), e.g. to keep a uniform
+        average a mean."""
+        return self._b
 
     @property
     def a(self) -> Tensor:

@@ -21,6 +21,8 @@ from flowkit.validation import (
     check_number,
     check_particles,
     check_positive,
+    check_signed_weights,
+    check_weights,
 )
 
 __all__ = ["QuadraticObjective", "InteractionEnergy"]
@@ -57,23 +59,42 @@ class _Validated(FunctionalObjective):
     def validate(self, x: Tensor, *, finite: bool = True) -> None:
         raise NotImplementedError
 
-    def first_variation(self, x: Tensor) -> Potential:
-        self.validate(x, finite=False)
-        return self._first_variation(x)
+    def _check(self, x: Tensor, weights: Tensor | None, finite: bool) -> None:
+        if finite:
+            self.validate(x)
+        else:
+            self.validate(x, finite=False)
+        if weights is None:
+            return
+        if finite:
+            check_weights(weights, x.shape[0], "weights", like=x)
+        else:  # metadata only, as for x
+            check_signed_weights(weights, x.shape[0], "weights", like=x, finite=False)
 
-    def functional_gradient(self, x: Tensor) -> Tensor:
-        self.validate(x)
-        return self._first_variation(x).grad(x)
+    def first_variation(self, x: Tensor, weights: Tensor | None = None) -> Potential:
+        self._check(x, weights, False)
+        return self._first_variation(x, weights)
 
-    def value(self, x: Tensor) -> Tensor:
-        self.validate(x)
-        return self._value(x)
+    def functional_gradient(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        self._check(x, weights, True)
+        return self._first_variation(x, weights).grad(x)
 
-    def _first_variation(self, x: Tensor) -> Potential:
+    def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        self._check(x, weights, True)
+        return self._value(x, weights)
+
+    def _first_variation(self, x: Tensor, weights: Tensor | None) -> Potential:
         raise NotImplementedError
 
-    def _value(self, x: Tensor) -> Tensor:
+    def _value(self, x: Tensor, weights: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+
+def _average(values: Tensor, weights: Tensor | None) -> Tensor:
+    """The mean of ``values`` along the particles under ``weights`` (``None``: uniform)."""
+    if weights is None:
+        return values.mean(0)
+    return torch.tensordot(weights, values, dims=1)
 
 
 class _Quadratic(Potential):
@@ -137,12 +158,12 @@ class QuadraticObjective(_Validated):
         _check_points(x, self.A.shape[0], f"A of shape {tuple(self.A.shape)}", finite)
         check_compatible(x, self.A, "x", "A")
 
-    def _first_variation(self, x: Tensor) -> Potential:
+    def _first_variation(self, x: Tensor, weights: Tensor | None) -> Potential:
         return _Quadratic(self.A, self.m, None, self.smoothness)
 
-    def _value(self, x: Tensor) -> Tensor:
+    def _value(self, x: Tensor, weights: Tensor | None) -> Tensor:
         d = x - self.m
-        return 0.5 * ((d @ self.A) * d).sum(1).mean()
+        return 0.5 * _average(((d @ self.A) * d).sum(1), weights)
 
 
 class InteractionEnergy(_Validated):
@@ -182,20 +203,21 @@ class InteractionEnergy(_Validated):
         dim = None if self.center is None else self.center.shape[0]
         _check_points(x, dim, f"center of shape {tuple((dim,))}", finite)
 
-    def _first_variation(self, x: Tensor) -> Potential:
+    def _first_variation(self, x: Tensor, weights: Tensor | None) -> Potential:
         lam, a, m = self.confinement, self.attraction, self._m(x)
-        xbar, n = x.mean(0), x.shape[1]
+        xbar, n = _average(x, weights), x.shape[1]
         # psi is a quadratic in z; up to an additive constant (irrelevant to the flow),
         # psi(z) = (lam + a)/2 ||z - m'||^2 with m' = (lam m + a xbar)/(lam + a).
         A = (lam + a) * torch.eye(n, dtype=x.dtype, device=x.device)
         m_eff = (lam * m + a * xbar) / (lam + a)
         return _Quadratic(A, m_eff, None, lam + a)
 
-    def _value(self, x: Tensor) -> Tensor:
+    def _value(self, x: Tensor, weights: Tensor | None) -> Tensor:
         m = self._m(x)
-        conf = 0.5 * self.confinement * (x - m).pow(2).sum(1).mean()
+        conf = 0.5 * self.confinement * _average((x - m).pow(2).sum(1), weights)
         # (a/4) mean_ij ||x_i - x_j||^2 = (a/2) (mean ||x||^2 - ||xbar||^2)
-        inter = 0.5 * self.attraction * (x.pow(2).sum(1).mean() - x.mean(0).pow(2).sum())
+        inter = 0.5 * self.attraction * (_average(x.pow(2).sum(1), weights)
+                                         - _average(x, weights).pow(2).sum())
         return conf + inter
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from flowkit._compat import MISSING, renamed_keyword
-from flowkit.kernels import DEFAULT_MEMORY_BUDGET, EnergyKernel
+from flowkit.backends import DEFAULT_MEMORY_BUDGET
+from flowkit.kernels import EnergyKernel
 from flowkit.objectives.mmd import MMD
 
 __all__ = ["EnergyDistance"]
@@ -30,7 +31,7 @@ class EnergyDistance(MMD):
     ----------
     target : Tensor
         Target sample ``(M, *event)`` (``data=`` is a deprecated alias).
-    block_size, memory_budget, backend
+    target_weights, block_size, memory_budget, backend
         As in :class:`flowkit.objectives.MMD`.
 
     Notes
@@ -48,11 +49,13 @@ class EnergyDistance(MMD):
     0.0
     """
 
-    def __init__(self, target: Tensor = MISSING, *, block_size: int | None = None,
+    def __init__(self, target: Tensor = MISSING, *, target_weights: Tensor | None = None,
+                 block_size: int | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str = "auto",
                  data: Tensor = MISSING):
         target, self._target_name = renamed_keyword(target, data, "target", "data",
                                                     "EnergyDistance")
-        super().__init__(target, EnergyKernel(), block_size=block_size,
+        super().__init__(target, EnergyKernel(), target_weights=target_weights,
+                         block_size=block_size,
                          memory_budget=memory_budget, backend=backend)
         self.smoothness = None  # the distance kernel's gradient is discontinuous at 0

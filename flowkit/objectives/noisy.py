@@ -31,7 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Kernel
+from flowkit.backends import DEFAULT_MEMORY_BUDGET
+from flowkit.geometry import PointCloud
+from flowkit.kernels import Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential
 from flowkit.validation import (
@@ -102,8 +104,8 @@ class NoisyMMDFlow(MMD):
     seed : int or torch.Generator
         Source of the noise; the generator lives on the particles' device (created at the
         first step from an int seed).
-    block_size, memory_budget, backend
-        As in :class:`MMD`.
+    target_weights, block_size, memory_budget, backend
+        As in :class:`MMD` (so is a :class:`~flowkit.geometry.PointCloud` as ``target``).
 
     Notes
     -----
@@ -121,12 +123,13 @@ class NoisyMMDFlow(MMD):
     5
     """
 
-    def __init__(self, target: Tensor, kernel: Kernel | None = None, *,
+    def __init__(self, target: Tensor | PointCloud, kernel: Kernel | None = None, *,
                  noise_level: float | Callable[[int], float] = 1.0,
-                 seed: int | torch.Generator = 0, block_size: int | None = None,
+                 seed: int | torch.Generator = 0, target_weights: Tensor | None = None,
+                 block_size: int | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str = "auto"):
-        super().__init__(target, kernel, block_size=block_size, memory_budget=memory_budget,
-                         backend=backend)
+        super().__init__(target, kernel, target_weights=target_weights, block_size=block_size,
+                         memory_budget=memory_budget, backend=backend)
         if callable(noise_level):
             self.schedule = noise_level
         else:  # a constant beta >= 0 (a number; schedules are callables)
@@ -144,18 +147,18 @@ class NoisyMMDFlow(MMD):
             raise ValueError(f"noise_level schedule gave beta={beta} at step {k}; need >= 0")
         return beta
 
-    def functional_gradient(self, x: Tensor) -> Tensor:
-        self.validate(x)
-        return self._noisy(x).grad(x)
+    def functional_gradient(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        self._check(x, weights)
+        return self._noisy(x, weights).grad(x)
 
-    def first_variation(self, x: Tensor) -> NoisyPotential:
-        self.validate(x, finite=False)
-        return self._noisy(x)
+    def first_variation(self, x: Tensor, weights: Tensor | None = None) -> NoisyPotential:
+        self._check(x, weights, finite=False)
+        return self._noisy(x, weights)
 
-    def _noisy(self, x: Tensor) -> NoisyPotential:
+    def _noisy(self, x: Tensor, weights: Tensor | None) -> NoisyPotential:
         if self.generator is None:
             self.generator = as_generator(self._seed, x.device)
-        witness: KernelWitness = self._witness(x)
+        witness: KernelWitness = self._witness(x, weights)
         return NoisyPotential(witness, self.noise(self.step), self.generator)
 
     def after_step(self, layer: Any) -> None:
