@@ -61,7 +61,7 @@ from flowkit.validation import (
     check_weights,
 )
 
-__all__ = ["PointCloud"]
+__all__ = ["PointCloud", "DEFAULT_MEMORY_BUDGET"]
 
 
 def _check_all_finite(tensors: list[tuple[str, Tensor | None]]) -> None:
@@ -212,6 +212,11 @@ class PointCloud:
         """The cloud of rows ``z`` against this cloud's ``y`` and ``b`` (same kernel and
         policy); ``z`` is trusted (the caller checked it)."""
         return self._derived(z, self.y, None, self._b)
+
+    def block_rows(self, n_buffers: int = 3) -> int:
+        """Rows per block for ``n_buffers`` buffers of ``M`` columns; ``ValueError`` when
+        the memory budget does not fit one row (so a caller can fail early)."""
+        return self._rows(n_buffers)
 
     @property
     def given_b(self) -> Tensor | None:

@@ -30,6 +30,8 @@ def _objectives():
         "mmd_imq": lambda: fk.objectives.MMD(y, fk.kernels.InverseMultiquadric()),
         "energy": lambda: fk.objectives.EnergyDistance(y, target_weights=tw),
         "noisy": lambda: fk.objectives.NoisyMMDFlow(y, noise_level=0.0),
+        "sinkhorn": lambda: fk.objectives.SinkhornDivergence(y, blur=0.7, tol=1e-12,
+                                                             target_weights=tw),
         "interaction": lambda: fk.objectives.InteractionEnergy(0.7, 1.5),
         "quadratic": lambda: fk.objectives.QuadraticObjective(
             torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=F64)),
@@ -104,6 +106,8 @@ def test_target_weights_are_checked_and_named():
     y = _target()
     with pytest.raises(ValueError, match="target_weights"):
         fk.objectives.MMD(y, target_weights=torch.full((7,), 0.5, dtype=F64))
+    with pytest.raises(ValueError, match="target_weights"):
+        fk.objectives.SinkhornDivergence(y, target_weights=torch.ones(3, dtype=F64) / 3)
 
 
 def test_a_doubled_target_weight_is_two_target_copies():

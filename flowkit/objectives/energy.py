@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from flowkit._compat import MISSING, renamed_keyword
-from flowkit.backends import DEFAULT_MEMORY_BUDGET
+from flowkit.geometry import DEFAULT_MEMORY_BUDGET
 from flowkit.kernels import EnergyKernel
 from flowkit.objectives.mmd import MMD
 

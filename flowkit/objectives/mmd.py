@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from flowkit.backends import DEFAULT_MEMORY_BUDGET
-from flowkit.geometry import PointCloud
+from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.kernels import Gaussian, Kernel
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential

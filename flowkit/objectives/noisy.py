@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowkit.backends import DEFAULT_MEMORY_BUDGET
-from flowkit.geometry import PointCloud
+from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.kernels import Kernel
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.potential import Potential

@@ -64,17 +64,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowkit.backends import DEFAULT_MEMORY_BUDGET, block_rows, check_backend
-from flowkit.geometry import PointCloud
+from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
 from flowkit.validation import (
     check_choice,
-    check_compatible,
     check_int,
     check_number,
     check_particles,
     check_positive,
+    check_weights,
 )
 
 __all__ = ["SinkhornDivergence", "SinkhornPotential", "SinkhornResult", "sinkhorn",
@@ -174,7 +173,7 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
     check_int(check_every, "check_every")
     tol = check_positive(tol, "tol")
     eps = check_positive(eps, "eps")
-    x = geom._x2
+    x = geom.x.flatten(1)
     log_a = geom.a.log()
     log_b = log_a if symmetric else geom.b.log()
     back = None if symmetric else geom.transpose()
@@ -191,9 +190,9 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
         f, g = init
     else:
         ratio = scaling**2 if policy == "geomloss" else scaling
-        levels = _eps_schedule(_diameter2(x, geom._y2), eps, ratio)
+        levels = _eps_schedule(_diameter2(x, geom.y.flatten(1)), eps, ratio)
         f = x.new_zeros(x.shape[0])
-        g = f if symmetric else x.new_zeros(geom._y2.shape[0])
+        g = f if symmetric else x.new_zeros(geom.y.flatten(1).shape[0])
         # the first level from zero potentials: the softmin of the bare cost
         f, g = sweep(f, g, levels[0])
     it = 1 if init is None else 0
@@ -248,9 +247,14 @@ def sinkhorn_potentials(x: Tensor, y: Tensor | None, eps: float, *, scaling: flo
     geom = PointCloud(x, y, memory_budget=memory_budget, backend="torch")
     res = sinkhorn(geom, eps, symmetric=y is None, scaling=scaling, max_iter=max_iter,
                    tol=tol, check_every=check_every, init=init)
-    n_levels = 0 if init is not None else len(_eps_schedule(_diameter2(geom._x2, geom._y2),
-                                                            eps, scaling)) - 1
+    d2 = _diameter2(geom.x.flatten(1), geom.y.flatten(1))
+    n_levels = 0 if init is not None else len(_eps_schedule(d2, eps, scaling)) - 1
     return res.f, res.g, res.iterations - n_levels
+
+
+def _log_weights(w: Tensor | None, n: int) -> Tensor | float:
+    """``log w`` (``-log n`` for uniform weights: a number, so the uniform case is exact)."""
+    return -math.log(n) if w is None else w.log()
 
 
 class SinkhornPotential(Potential):
@@ -263,14 +267,14 @@ class SinkhornPotential(Potential):
     """
 
     def __init__(self, particles: Tensor, data: Tensor, g_ab: Tensor, f_aa: Tensor, eps: float,
-                 center: Tensor, memory_budget: int, backend: str = "auto"):
+                 center: Tensor, memory_budget: int, backend: str = "auto", *,
+                 weights: Tensor | None = None, data_weights: Tensor | None = None):
         super().__init__()
         self.register_buffer("particles", particles)
         self.register_buffer("data", data)
-        n, m = particles.shape[0], data.shape[0]
-        # the softmax logits' weights: log(1/N) + f_aa / eps and log(1/M) + g_ab / eps
-        self.register_buffer("h_a", f_aa / eps - math.log(n))
-        self.register_buffer("h_b", g_ab / eps - math.log(m))
+        # the softmax logits' weights: log a + f_aa / eps and log b + g_ab / eps
+        self.register_buffer("h_a", f_aa / eps + _log_weights(weights, particles.shape[0]))
+        self.register_buffer("h_b", g_ab / eps + _log_weights(data_weights, data.shape[0]))
         self.register_buffer("center", center)
         self.eps = eps
         self.memory_budget = memory_budget
@@ -281,7 +285,7 @@ class SinkhornPotential(Potential):
         kw = {"memory_budget": self.memory_budget, "backend": self.backend,
               "names": ("z", "data", "a", "b")}
         to_data = PointCloud(zc, self.data, **kw)
-        return to_data, to_data._derived(zc, self.particles, None, None)
+        return to_data, PointCloud.checked(zc, self.particles, **to_data.policy)
 
     def forward(self, z: Tensor) -> Tensor:
         to_data, to_particles = self._clouds(z)
@@ -300,8 +304,11 @@ class SinkhornDivergence(FunctionalObjective):
 
     Parameters
     ----------
-    data : Tensor
-        Target sample ``(M, *event)``.
+    data : Tensor or PointCloud
+        Target sample ``(M, *event)``, or a :class:`flowkit.geometry.PointCloud` on it
+        (``PointCloud(y, b=target_weights, memory_budget=..., backend=...)``), which then
+        fixes the weights and the compute settings (leave those arguments at their
+        defaults).
     blur : float
         :math:`\sqrt\varepsilon`, the length scale below which the divergence blurs detail
         (GeomLoss' ``blur`` for ``p = 2``).
@@ -327,10 +334,15 @@ class SinkhornDivergence(FunctionalObjective):
     backend : {"auto", "torch", "keops"}
         Where the softmins run (:mod:`flowkit.backends`).
     warm_start : bool
-        Start each evaluation from the potentials of the previous one (same numbers of
-        points) instead of from zero with eps-scaling: along a flow the particles move
-        little per step, so a few iterations suffice. The potentials are part of
-        :meth:`state_dict`, so a resumed run is unchanged.
+        Start each evaluation from the potentials of the previous one instead of from zero
+        with eps-scaling: along a flow the particles move little per step, so a few
+        iterations suffice. The previous potentials are extended to the new points as
+        functions (one softmin each), so the start depends on the previous measure, not on
+        the particles' order or number; the result agrees with a fresh solve to the order
+        of ``tol``. The potentials and their support are part of :meth:`state_dict`, so a
+        resumed run is unchanged.
+    target_weights : Tensor, optional
+        ``(M,)`` probability weights of the data (default uniform).
 
     Notes
     -----
@@ -341,7 +353,10 @@ class SinkhornDivergence(FunctionalObjective):
     The value is the debiased divergence :math:`S_\varepsilon \ge 0`, zero iff the
     measures coincide (Feydy et al. 2019). The gradient uses the converged
     potentials (envelope theorem), so its accuracy follows ``tol``. No smoothness constant
-    is claimed.
+    is claimed. ``first_variation``, ``functional_gradient``, ``value``, ``ot_eps`` and
+    ``plan_cost`` take particle ``weights`` (``None``: uniform); ``value`` is
+    differentiable by autograd in ``x`` and ``weights`` (the envelope gradient, see
+    :meth:`value`).
 
     Examples
     --------
@@ -354,65 +369,121 @@ class SinkhornDivergence(FunctionalObjective):
 
     minimum = 0.0
 
-    def __init__(self, data: Tensor, blur: float = 0.05, *, scaling: float = 0.5,
+    def __init__(self, data: Tensor | PointCloud, blur: float = 0.05, *, scaling: float = 0.5,
                  max_iter: int = 1000, tol: float = 1e-6,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True,
-                 policy: str = "converge", backend: str = "auto"):
-        self.data = check_particles(data, "data")
+                 policy: str = "converge", backend: str = "auto",
+                 target_weights: Tensor | None = None):
+        if isinstance(data, PointCloud):
+            given = [k for k, v, d in [("memory_budget", memory_budget, DEFAULT_MEMORY_BUDGET),
+                                       ("backend", backend, "auto"),
+                                       ("target_weights", target_weights, None)] if v is not d]
+            if given:
+                raise ValueError(f"data is a PointCloud, which already fixes "
+                                 f"{', '.join(given)}: set them on the PointCloud, not here")
+            geom, target_weights = data, data.given_b
+            data = geom.y
+        else:
+            check_particles(data, "data")
+            geom = PointCloud(data, b=target_weights, memory_budget=memory_budget,
+                              backend=backend,
+                              names=("data", "data", "target_weights", "target_weights"))
+        if target_weights is not None:
+            check_weights(target_weights, data.shape[0], "target_weights", like=data)
+        if geom.backend == "native":
+            raise ValueError("backend='native' has no Sinkhorn softmin (it fuses Gaussian "
+                             "kernel sums only); use 'auto', 'torch' or 'keops'")
+        geom.block_rows(3)  # a budget too small for one row fails here, not mid-run
+        self._geometry = geom
+        self.data = data
         self.blur = _check_blur(blur, self.data.dtype)
         self.eps = self.blur**2
         self.scaling = _check_scaling(scaling)
         self.max_iter = check_int(max_iter, "max_iter")
         self.tol = check_positive(tol, "tol")
         self.policy = check_choice(policy, "policy", POLICIES)
-        self.backend = check_backend(backend)
-        if backend == "native":
-            raise ValueError("backend='native' has no Sinkhorn softmin (it fuses Gaussian "
-                             "kernel sums only); use 'auto', 'torch' or 'keops'")
-        block_rows(data.shape[0], data.element_size(), memory_budget, 3)  # fail early
-        self.memory_budget = memory_budget
+        # plain copies of the cloud's settings (part of the checkpointed configuration)
+        self.memory_budget, self.backend = geom.memory_budget, geom.backend
         self._g_bb: Tensor | None = None  # the data's self-potential, cached
         self.warm_start = bool(warm_start)
-        self._warm: dict[str, Tensor] | None = None
+        self._warm: dict[str, Tensor | None] | None = None
         #: iterations of the last evaluation's solves (alpha-beta, alpha-alpha)
         self.last_iterations: tuple[int, int] = (0, 0)
         #: the last evaluation's :class:`SinkhornResult` s (alpha-beta, alpha-alpha)
         self.last_results: tuple[SinkhornResult, SinkhornResult] | None = None
 
+    @property
+    def geometry(self) -> PointCloud:
+        """The data's :class:`~flowkit.geometry.PointCloud` (weights and settings)."""
+        return self._geometry
+
+    @property
+    def target_weights(self) -> Tensor | None:
+        """The data's weights (``None``: uniform)."""
+        return self._geometry.given_b
+
     def validate(self, x: Tensor) -> None:
-        check_particles(x, "x")
-        check_compatible(x, self.data, "x", "data")
+        self._geometry.particles(x, target="data")
+
+    def _check(self, x: Tensor, weights: Tensor | None) -> Tensor | None:
+        self.validate(x)
+        w = PointCloud.particle_weights(weights, x)
+        return None if w is None else w.detach()
 
     def _kw(self) -> dict[str, Any]:
         return {"scaling": self.scaling, "max_iter": self.max_iter, "tol": self.tol,
                 "policy": self.policy}
 
-    def _cloud(self, x: Tensor, y: Tensor) -> PointCloud:
-        return PointCloud(x, y, memory_budget=self.memory_budget, backend=self.backend,
-                          names=("x", "data", "a", "b"))
+    def _cloud(self, x: Tensor, y: Tensor, a: Tensor | None = None,
+               b: Tensor | None = None) -> PointCloud:
+        # inputs validated by validate() and at construction
+        return PointCloud.checked(x, y, a=a, b=b, **self._geometry.policy)
 
-    def _solve(self, x: Tensor) -> dict[str, Tensor]:
+    def _warm_init(self, geom: PointCloud, xc: Tensor
+                   ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+        r"""Starting potentials from the previous solve, as *functions* of the new points.
+
+        A potential is a function, not a vector indexed by particles: the data's
+        :math:`g_{lphaeta}` stays on the (fixed) data, and :math:`f_{lphaeta}`,
+        :math:`f_{lphalpha}` are extended to the new points by the Sinkhorn update
+        (:math:`f(z) = -arepsilon\log\sum_j w_j e^{(h_j - C(z, \cdot_j))/arepsilon}`
+        over the previous solve's support). The start therefore depends on the previous
+        measure, never on the order of the particles: a permutation of the particles
+        starts from the permuted potentials and gives the permuted result.
+        """
+        warm = self._warm
+        if not self.warm_start or warm is None or warm.get("x") is None:
+            return None
+        old = warm["x"]
+        if old.dtype != xc.dtype or old.device != xc.device or old.shape[1] != xc.shape[1]:
+            return None
+        eps = self.eps
+        f_ab = geom.softmin(geom.b.log() + warm["g_ab"] / eps, eps)
+        h_aa = warm["f_aa"] / eps + _log_weights(warm["a"], old.shape[0])
+        f_aa = self._cloud(xc, old, b=warm["a"]).softmin(h_aa, eps)
+        return (f_ab, warm["g_ab"]), (f_aa, f_aa)
+
+    def _solve(self, x: Tensor, weights: Tensor | None = None) -> dict[str, Any]:
         x2, y2 = x.detach().flatten(1), self.data.flatten(1)
         # translation invariance: centre on the data (the blocks re-centre locally too)
         center = y2.mean(0, keepdim=True)
         xc, yc = x2 - center, y2 - center
-        warm = self._warm if self.warm_start and self._warm is not None \
-            and self._warm["f_ab"].shape[0] == xc.shape[0] \
-            and self._warm["f_ab"].dtype == xc.dtype else None
-        geom = self._cloud(xc, yc)
-        ab = sinkhorn(geom, self.eps, init=None if warm is None else (warm["f_ab"], warm["g_ab"]),
-                      **self._kw())
-        aa = sinkhorn(geom._derived(xc, xc, None, None), self.eps, symmetric=True,
-                      init=None if warm is None else (warm["f_aa"], warm["f_aa"]), **self._kw())
+        b = self.target_weights
+        geom = self._cloud(xc, yc, weights, b)
+        init = self._warm_init(geom, xc)
+        ab = sinkhorn(geom, self.eps, init=None if init is None else init[0], **self._kw())
+        aa = sinkhorn(self._cloud(xc, xc, weights, weights), self.eps, symmetric=True,
+                      init=None if init is None else init[1], **self._kw())
         self.last_iterations = (ab.iterations, aa.iterations)
         self.last_results = (ab, aa)
         if self.warm_start:
-            self._warm = {"f_ab": ab.f, "g_ab": ab.g, "f_aa": aa.f}
+            self._warm = {"x": xc, "a": weights, "f_ab": ab.f, "g_ab": ab.g, "f_aa": aa.f}
         return {"xc": xc, "yc": yc, "center": center, "f_ab": ab.f, "g_ab": ab.g,
-                "f_aa": aa.f}
+                "f_aa": aa.f, "a": weights, "b": b}
 
     def state_dict(self) -> dict[str, Any]:
-        """The warm-start potentials (so a resumed flow continues identically)."""
+        """The warm-start potentials and their support (so a resumed flow continues
+        identically); a state saved before the support was kept loads as a cold start."""
         return {"warm": self._warm}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -422,29 +493,62 @@ class SinkhornDivergence(FunctionalObjective):
 
     def _g_bb_cached(self, yc: Tensor) -> Tensor:
         if self._g_bb is None:
-            self._g_bb = sinkhorn(self._cloud(yc, yc), self.eps, symmetric=True,
+            b = self.target_weights
+            self._g_bb = sinkhorn(self._cloud(yc, yc, b, b), self.eps, symmetric=True,
                                   **self._kw()).f
         return self._g_bb
 
-    def first_variation(self, x: Tensor) -> SinkhornPotential:
-        s = self._solve(x)
+    def _potential(self, s: dict[str, Any]) -> SinkhornPotential:
         return SinkhornPotential(s["xc"], s["yc"], s["g_ab"], s["f_aa"], self.eps, s["center"],
-                                 self.memory_budget, self.backend)
+                                 self.memory_budget, self.backend, weights=s["a"],
+                                 data_weights=s["b"])
 
-    def value(self, x: Tensor) -> Tensor:
+    def first_variation(self, x: Tensor, weights: Tensor | None = None) -> SinkhornPotential:
+        return self._potential(self._solve(x, self._check(x, weights)))
+
+    def functional_gradient(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        return self.first_variation(x, weights).grad(x)
+
+    def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         r""":math:`S_\varepsilon = \langle\alpha, f_{ab} - f_{aa}\rangle
-        + \langle\beta, g_{ab} - g_{bb}\rangle` (no gradient is recorded through it)."""
-        s = self._solve(x)
-        return (s["f_ab"] - s["f_aa"]).mean() + (s["g_ab"] - self._g_bb_cached(s["yc"])).mean()
+        + \langle\beta, g_{ab} - g_{bb}\rangle`, differentiable by autograd in ``x`` and
+        ``weights``.
 
-    def ot_eps(self, x: Tensor) -> Tensor:
+        The potentials are solved without recording a graph; the gradient autograd sees is
+        the envelope theorem's (Feydy et al. 2019 [FeydyEtAl19]): :math:`\partial S /
+        \partial x_i = a_i \nabla\psi(x_i)` and :math:`\partial S/\partial a_i =
+        \psi(x_i)` up to a constant, :math:`\psi = f_{ab} - f_{aa}` the first variation
+        at the solved potentials. The number returned is the dual value, unchanged.
+        """
+        w = self._check(x, weights)
+        s = self._solve(x, w)
+        a, b = s["a"], s["b"]
+        g = s["g_ab"] - self._g_bb_cached(s["yc"])
+        out = _mean(s["f_ab"] - s["f_aa"], a) + _mean(g, b)
+        tracked = torch.is_grad_enabled() and (
+            x.requires_grad or (weights is not None and weights.requires_grad))
+        if tracked:
+            # value unchanged, gradient the envelope's: psi evaluated at x (a graph in x),
+            # weighted by the weights as given (a graph in them)
+            lin = self._potential(s)(x)
+            lin = lin.mean() if weights is None else lin @ weights
+            out = out + (lin - lin.detach())
+        return out
+
+    def ot_eps(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         r""":math:`\mathrm{OT}_\varepsilon(\alpha, \beta) = \langle\alpha, f\rangle
-        + \langle\beta, g\rangle`, the biased entropic cost (for checks)."""
-        s = self._solve(x)
-        return s["f_ab"].mean() + s["g_ab"].mean()
+        + \langle\beta, g\rangle`, the biased entropic cost (for checks; no graph)."""
+        s = self._solve(x, self._check(x, weights))
+        return _mean(s["f_ab"], s["a"]) + _mean(s["g_ab"], s["b"])
 
-    def plan_cost(self, x: Tensor) -> Tensor:
+    def plan_cost(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         r"""The transport part :math:`\langle\pi, C\rangle` of the entropic plan (POT's
         ``ot.sinkhorn2`` value), computed in row blocks."""
-        s = self._solve(x)
-        return self._cloud(s["xc"], s["yc"]).plan_cost(s["f_ab"], s["g_ab"], self.eps)
+        s = self._solve(x, self._check(x, weights))
+        return self._cloud(s["xc"], s["yc"], s["a"], s["b"]).plan_cost(s["f_ab"], s["g_ab"],
+                                                                      self.eps)
+
+
+def _mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """The average of ``values`` under ``weights`` (``None``: uniform, a plain mean)."""
+    return values.mean() if weights is None else values @ weights
