@@ -187,8 +187,8 @@ class PointCloud:
         With ``finite=False`` only metadata (shape, dtype, device) is checked.
         """
         if weights is not None:
-            if finite:
-                check_weights(weights, x.shape[0], name, like=x)
+            if finite:  # detached: reading a number off a graph would warn
+                check_weights(weights.detach(), x.shape[0], name, like=x)
             else:
                 check_signed_weights(weights, x.shape[0], name, like=x, finite=False)
         return weights
