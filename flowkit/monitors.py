@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from flowkit._compat import deprecated_module_attribute
-from flowkit.kernels import Gaussian, Kernel, mmd2
+from flowkit.geometry import PointCloud
+from flowkit.kernels import Gaussian, Kernel
 from flowkit.validation import (
     as_generator,
     check_choice,
@@ -29,6 +30,7 @@ from flowkit.validation import (
     check_int,
     check_particles,
     check_seed,
+    check_weights,
 )
 
 __all__ = [
@@ -102,13 +104,18 @@ def _check_options(p: object, estimator: object, exact_max: object, n_repeats: o
 def wasserstein(x: Tensor, y: Tensor, p: int = 2, *, estimator: str = "auto",
                 exact_max: int = EXACT_MAX, n_repeats: int = 3, n_projections: int = 500,
                 seed: int | torch.Generator = 0, num_iter_max: int | None = None,
-                on_failure: str = "raise") -> WassersteinEstimate:
-    r"""Wasserstein-``p`` distance between the uniform empirical measures of ``x`` and ``y``.
+                on_failure: str = "raise", weights: Tensor | None = None,
+                target_weights: Tensor | None = None) -> WassersteinEstimate:
+    r"""Wasserstein-``p`` distance between the empirical measures of ``x`` and ``y``.
 
     Parameters
     ----------
     x, y : Tensor
         Samples ``(N, *event)`` and ``(M, *event)``, finite.
+    weights, target_weights : Tensor, optional
+        Probability weights ``(N,)`` of ``x`` and ``(M,)`` of ``y`` (default uniform):
+        ``ot.emd2(a, b, C)`` and the sliced distance take them; the subsample estimator
+        needs uniform weights (``ValueError`` otherwise: use ``"exact"`` or ``"sliced"``).
     p : {1, 2}
         The order; the cost is :math:`\|x-y\|^p` and the result its ``p``-th root.
     estimator : {"auto", "exact", "subsample", "sliced"}
@@ -153,30 +160,47 @@ def wasserstein(x: Tensor, y: Tensor, p: int = 2, *, estimator: str = "auto",
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must share an event shape, got {tuple(x.shape[1:])} and "
                          f"{tuple(y.shape[1:])}")
+    a = _weights64(weights, x, "weights")
+    b = _weights64(target_weights, y, "target_weights")
     return _estimate(_as_numpy64(x), _as_numpy64(y), p, estimator, exact_max, n_repeats,
-                     n_projections, seed, num_iter_max, on_failure)
+                     n_projections, seed, num_iter_max, on_failure, a, b)
+
+
+def _weights64(weights: Tensor | None, x: Tensor, name: str) -> np.ndarray | None:
+    """Checked probability weights of ``x`` as float64 numpy (``None``: uniform)."""
+    if weights is None:
+        return None
+    check_weights(weights.detach(), x.shape[0], name, like=x)
+    w = weights.detach().to("cpu", torch.float64).numpy()
+    return w / w.sum()  # exactly normalised in float64, as POT's solvers check
 
 
 def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max: int,
               n_repeats: int, n_projections: int, seed: int | torch.Generator,
-              num_iter_max: int | None, on_failure: str) -> WassersteinEstimate:
+              num_iter_max: int | None, on_failure: str, a: np.ndarray | None = None,
+              b: np.ndarray | None = None) -> WassersteinEstimate:
     n, m = len(xs), len(ys)
     if estimator == "auto":
         estimator = "exact" if max(n, m) <= exact_max else "subsample"
     if estimator == "sliced":
         import ot
 
-        sw = ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=p,
+        sw = ot.sliced_wasserstein_distance(xs, ys, a, b, n_projections=n_projections, p=p,
                                             seed=_int_seed(seed))
         return WassersteinEstimate(float(sw), p, f"sliced({n_projections})", True, "sliced",
                                    None)
     if estimator == "exact" or max(n, m) <= exact_max:
-        value, converged = _exact(xs, ys, p, num_iter_max, on_failure)
+        value, converged = _exact(xs, ys, p, num_iter_max, on_failure, a, b)
         if estimator == "exact":
             return WassersteinEstimate(value, p, "exact", converged, "exact", 0.0)
         # every subsample is the whole cloud: one solve is the r identical ones
         return WassersteinEstimate(value, p, f"subsample({max(n, m)}x{n_repeats})",
                                    converged, "subsample", 0.0)
+    if a is not None or b is not None:
+        raise ValueError(f"the subsample estimator needs uniform weights (subsamples of a "
+                         f"weighted measure are not its samples), and {max(n, m)} points exceed "
+                         f"exact_max={exact_max}: pass estimator='exact' (slow) or "
+                         f"estimator='sliced', or raise exact_max")
     g = as_generator(seed, "cpu")
     values, converged = [], True
     for _ in range(n_repeats):
@@ -198,12 +222,14 @@ def _int_seed(seed: int | torch.Generator) -> int:
 
 
 def _exact(xs: np.ndarray, ys: np.ndarray, p: int, num_iter_max: int | None,
-           on_failure: str) -> tuple[float, bool]:
+           on_failure: str, a: np.ndarray | None = None, b: np.ndarray | None = None
+           ) -> tuple[float, bool]:
     import ot
 
     n, m = len(xs), len(ys)
     cost = ot.dist(xs, ys, metric="sqeuclidean" if p == 2 else "euclidean")
-    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    a = np.full(n, 1.0 / n) if a is None else a
+    b = np.full(m, 1.0 / m) if b is None else b
     iters = num_iter_max or max(100_000, 50 * n * m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the result code below is checked instead
@@ -242,6 +268,12 @@ def _particles(state: Any, transform: Callable[[Tensor], Tensor] | None,
     return x
 
 
+def _state_weights(state: Any) -> Tensor | None:
+    """The particles' weights a FlowState carries (``None``: uniform, or a bare tensor)."""
+    w = getattr(state, "weights", None)
+    return w if isinstance(w, Tensor) else None
+
+
 def _flow_state(state: Any, who: str, needs: str) -> Any:
     if isinstance(state, Tensor) or not hasattr(state, needs):
         raise TypeError(f"state must be a flowkit.FlowState (the engine's monitor argument, "
@@ -261,8 +293,10 @@ class _Wasserstein:
     def __init__(self, target: Tensor, *, estimator: str = "auto", exact_max: int = EXACT_MAX,
                  n_repeats: int = 3, n_projections: int = 500,
                  seed: int | torch.Generator = 0, on_failure: str = "raise",
-                 name: str | None = None, transform: Callable[[Tensor], Tensor] | None = None):
+                 name: str | None = None, transform: Callable[[Tensor], Tensor] | None = None,
+                 target_weights: Tensor | None = None):
         self.target = check_particles(target, "target")
+        self._b64 = _weights64(target_weights, target, "target_weights")
         _check_transform(transform)
         self.transform = transform
         self.name = name or f"W{self.p}"
@@ -274,7 +308,8 @@ class _Wasserstein:
 
     def __call__(self, state: Any) -> dict[str, Any]:
         x = _particles(state, self.transform, self.target)
-        est = _estimate(_as_numpy64(x), self._target64, self.p, **self._kw)
+        a = _weights64(_state_weights(state), x, "weights")
+        est = _estimate(_as_numpy64(x), self._target64, self.p, **self._kw, a=a, b=self._b64)
         out: dict[str, Any] = {self.name: est.value, f"{self.name}_method": est.method}
         if est.estimator == "subsample":
             out[f"{self.name}_spread"] = est.spread
@@ -284,7 +319,9 @@ class _Wasserstein:
 
 
 class W1(_Wasserstein):
-    """Wasserstein-1 distance to a fixed target sample, through POT (see :func:`wasserstein`)."""
+    """Wasserstein-1 distance to a fixed target sample, through POT (see :func:`wasserstein`).
+
+    As :class:`W2` (weights included)."""
 
     p = 1
 
@@ -297,7 +334,9 @@ class W2(_Wasserstein):
     estimator produced it: ``"exact"``, ``"subsample(Kxr)"`` above ``exact_max`` points, or
     ``"sliced(K)"`` when asked with ``estimator="sliced"``); with the subsample estimator
     also ``"W2_spread"``, and with ``on_failure="flag"`` ``"W2_converged": False`` for a
-    failed solve. Non-finite particles raise ``ValueError``.
+    failed solve. Non-finite particles raise ``ValueError``. The particles' weights are
+    read from ``state.weights`` (the engine's :class:`~flowkit.descent.FlowState`; ``None``
+    or a bare tensor of particles: uniform) and ``target_weights`` weights the target.
     """
 
     p = 2
@@ -306,13 +345,18 @@ class W2(_Wasserstein):
 class MMD:
     """MMD (the square root of the V-statistic MMD^2) to a target sample, as ``"MMD"``.
 
-    Monitors are named after the quantity they record (``W1``, ``W2``, ``MMD``); the former
-    name ``MMDMonitor`` is a deprecated alias.
+    Weighted on both sides: the particles' weights are read from ``state.weights`` (as in
+    :class:`W2`), the target's are ``target_weights`` (default uniform). Monitors are named
+    after the quantity they record (``W1``, ``W2``, ``MMD``); the former name
+    ``MMDMonitor`` is a deprecated alias.
     """
 
     def __init__(self, target: Tensor, kernel: Kernel | None = None, name: str = "MMD",
-                 transform: Callable[[Tensor], Tensor] | None = None):
+                 transform: Callable[[Tensor], Tensor] | None = None, *,
+                 target_weights: Tensor | None = None):
         self.target = check_particles(target, "target")
+        self.target_weights = None if target_weights is None else check_weights(
+            target_weights, target.shape[0], "target_weights", like=target)
         _check_transform(transform)
         self.transform = transform
         self.kernel = Gaussian(1.0) if kernel is None else kernel
@@ -324,7 +368,12 @@ class MMD:
     def __call__(self, state: Any) -> dict[str, float]:
         x = _particles(state, self.transform, self.target)
         check_compatible(x, self.target, "particles", "target")
-        return {self.name: math.sqrt(max(float(mmd2(x, self.target, self.kernel)), 0.0))}
+        w = _state_weights(state)
+        if w is not None:
+            check_weights(w, x.shape[0], "weights", like=x)
+        geom = PointCloud(x, self.target, a=w, b=self.target_weights, kernel=self.kernel,
+                          names=("particles", "target", "weights", "target_weights"))
+        return {self.name: math.sqrt(max(float(geom.mmd2()), 0.0))}
 
 
 class ObjectiveValue:
