@@ -45,8 +45,7 @@ from flowkit.backends import check_backend as _check_backend  # noqa: F401 (re-e
 from flowkit.backends import check_blocking as _check_blocking  # noqa: F401 (re-exported)
 from flowkit.backends import native as _native
 from flowkit.backends.torch import sqdist_direct as _sqdist_direct
-from flowkit.backends.torch import sqdist_gram as _sqdist_gram  # noqa: F401 (re-exported)
-from flowkit.validation import check_compatible, check_particles, check_positive
+from flowkit.validation import check_positive
 
 __all__ = [
     "Kernel",
@@ -341,26 +340,6 @@ def kernel_grad_sum(x: Tensor, y: Tensor, kernel: Kernel, weights: Tensor | None
     """
     kw = {"block_size": block_size, "memory_budget": memory_budget, "backend": backend}
     return _cloud(x, y, kernel, weights, kw).kernel_grad_sum()
-
-
-def _signed_stack(x: Tensor, y: Tensor, cx: float, cy: float) -> tuple[Tensor, Tensor]:
-    """Points ``[x; y]`` with weights ``cx/N`` and ``cy/M``: two weighted sums run as one.
-
-    Built per call rather than stored, so objects that keep ``y`` (a shared target) never
-    hold a copy of it.
-    """
-    check_particles(x, "x", finite=False)
-    check_particles(y, "y", finite=False)
-    check_compatible(y, x, "y", "x")
-    n, m = x.shape[0], y.shape[0]
-    weights = torch.cat([x.new_full((n,), cx / n), y.new_full((m,), cy / m)])
-    return torch.cat([x, y]), weights
-
-
-def _mmd2_without_target_term(x: Tensor, y: Tensor, kernel: Kernel, **kw) -> Tensor:
-    r""":math:`\overline{k(x,x')} - 2\,\overline{k(x,y)}`, in one pass over ``[x; y]``."""
-    points, weights = _signed_stack(x, y, 1.0, -2.0)
-    return kernel_sum(x, points, kernel, weights, **kw).mean()
 
 
 def mmd2(x: Tensor, y: Tensor, kernel: Kernel, *, block_size: int | None = None,

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from flowkit._compat import MISSING, renamed_keyword
 from flowkit.critics.base import Critic, check_network_input
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
-from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Gaussian, Kernel, kernel_sum, mmd2
+from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
+from flowkit.kernels import Gaussian, Kernel, kernel_sum, mmd2
 from flowkit.nn import MLP
 from flowkit.potential import Potential
 from flowkit.validation import check_compatible, check_int, check_number, check_particles
@@ -59,10 +60,10 @@ class MMDWitnessPotential(Potential):
         super().__init__()
         self.features = features
         self.kernel = kernel
-        n, m = feat_particles.shape[0], feat_data.shape[0]
-        self.register_buffer("points", torch.cat([feat_particles, feat_data]))
-        self.register_buffer("weights", torch.cat([feat_particles.new_full((n,), 1.0 / n),
-                                                   feat_data.new_full((m,), -1.0 / m)]))
+        points, weights = PointCloud.signed_stack(feat_particles, feat_data, 1.0, -1.0)
+        self.register_buffer("points", points)
+        self.register_buffer("weights", weights)
+        PointCloud.check_policy(None, memory_budget, "torch")
         self.memory_budget = memory_budget
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
@@ -157,6 +158,7 @@ class MMDCritic(Critic):
         elif not isinstance(features, nn.Module):
             raise TypeError(f"features must be a torch.nn.Module, got {type(features).__name__}")
         self._attach(features)
+        PointCloud.check_policy(None, memory_budget, "torch")  # the one check of the budget
         self.memory_budget = memory_budget
         self._pool: Tensor | None = None
 
@@ -175,10 +177,8 @@ class MMDCritic(Critic):
         # differentiable plain-torch sums (autograd flows into the features)
         loss = -mmd2(f_real, f_fake, self.kernel, backend="torch")
         if self.penalty_weight > 0:
-            w = torch.cat([f_real.new_full((len(real),), 1.0 / len(real)),
-                           f_fake.new_full((len(fake),), -1.0 / len(fake))])
-            witness = kernel_sum(f_points, torch.cat([f_real, f_fake]), self.kernel, w,
-                                 backend="torch")
+            pts, w = PointCloud.signed_stack(f_real, f_fake, 1.0, -1.0)
+            witness = kernel_sum(f_points, pts, self.kernel, w, backend="torch")
             (grad,) = torch.autograd.grad(witness.sum(), points, create_graph=True)
             loss = loss + self.penalty_weight * penalty_from_gradients(
                 grad, self.penalty).mean()
@@ -213,9 +213,8 @@ class MMDCritic(Critic):
             check_particles(value, name)
             check_compatible(value, data, name, "data")
         fz, fx, fy = self.features(z), self.features(particles), self.features(data)
-        w = torch.cat([fy.new_full((len(fy),), 1.0 / len(fy)),
-                       fx.new_full((len(fx),), -1.0 / len(fx))])
-        return kernel_sum(fz, torch.cat([fy, fx]), self.kernel, w, backend="torch")
+        pts, w = PointCloud.signed_stack(fy, fx, 1.0, -1.0)
+        return kernel_sum(fz, pts, self.kernel, w, backend="torch")
 
     @property
     def penalty_kind(self) -> str:
