@@ -208,11 +208,6 @@ class PointCloud:
         return (torch.cat([x, y]),
                 torch.cat([scaled(a, x.shape[0], cx), scaled(b, y.shape[0], cy)]))
 
-    def rows(self, z: Tensor) -> PointCloud:
-        """The cloud of rows ``z`` against this cloud's ``y`` and ``b`` (same kernel and
-        policy); ``z`` is trusted (the caller checked it)."""
-        return self._derived(z, self.y, None, self._b)
-
     def block_rows(self, n_buffers: int = 3) -> int:
         """Rows per block for ``n_buffers`` buffers of ``M`` columns; ``ValueError`` when
         the memory budget does not fit one row (so a caller can fail early)."""
