@@ -175,6 +175,12 @@ def plot_snapshots(snapshots: Mapping[Any, Tensor], data: Tensor | None = None, 
     -------
     matplotlib.figure.Figure
     """
+    with style():
+        return _plot_snapshots(snapshots, data, title, lim, step_label)
+
+
+def _plot_snapshots(snapshots: Mapping[Any, Tensor], data: Tensor | None, title: str | None,
+                    lim: float | None, step_label: str) -> Any:
     fig, axes = figure(len(snapshots), width=1.75 * len(snapshots) + 1.1, height=2.1,
                        sharex=True, sharey=True)
     ref = None if data is None else _to_xy(data)
@@ -208,6 +214,12 @@ def plot_metrics(curves: Mapping[str, tuple[Sequence[float], Any]], *,
     ``ys`` may hold one curve per seed (a band is drawn, see :func:`plot_curves`);
     ``references`` are labelled horizontal lines ``{label: value}``. Log scale by default.
     """
+    with style():
+        return _plot_metrics(curves, xlabel, ylabel, logy, title, references)
+
+
+def _plot_metrics(curves: Mapping[str, tuple[Sequence[float], Any]], xlabel: str, ylabel: str,
+                  logy: bool, title: str | None, references: Mapping[str, float] | None) -> Any:
     fig, (ax,) = figure(width=4.6)
     if logy:
         log_axis(ax)

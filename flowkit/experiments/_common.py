@@ -193,6 +193,7 @@ def launch(module: ModuleType, args: argparse.Namespace,
         created (the command line passes its parser's ``error``: exit code 2). By default a
         ``ValueError`` is raised.
     """
+    from flowkit.plotting import style
     from flowkit.runs import RunFolder
 
     error = error or _raise
@@ -212,7 +213,7 @@ def launch(module: ModuleType, args: argparse.Namespace,
     name = folder_name(args) if folder_name is not None else module.NAME
     folder = RunFolder(args.out, name, config)
     torch.manual_seed(args.seed)
-    with _threads(args.threads):
+    with _threads(args.threads), style():  # one figure style for every experiment
         module.run(args, folder)
     return folder
 
