@@ -29,8 +29,9 @@ __all__ = ["plot_snapshots", "plot_metrics", "plot_curves", "figure", "style",
 
 #: Resolution of the PNG files (the PDF beside them is vector).
 PRINT_DPI = 300
-#: Line styles and markers cycled over curves, so that coinciding curves stay visible.
+#: Line styles cycled over curves, so that coinciding curves stay visible.
 LINESTYLES: tuple[Any, ...] = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+#: Markers cycled over curves, with the line styles.
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
 #: Callables ``hook(fig, stem)`` run by :func:`save_figure` before a figure is written
 #: (the figure tests register one to inspect every figure an experiment saves).
