@@ -12,20 +12,20 @@ import torch
 
 import flowkit as fk
 
-data = fk.datasets.eight_gaussians(200, seed=0)
-x0 = 0.5 * torch.randn(200, 2, generator=torch.Generator().manual_seed(1))
+data = fk.datasets.eight_gaussians(150, seed=0)
+x0 = 0.5 * torch.randn(150, 2, generator=torch.Generator().manual_seed(1))
 k = fk.kernels
 objectives = {
     "MMD, Gaussian(0.5)": fk.objectives.MMD(data, k.Gaussian(0.5)),
     "MMD, IMQ(0.5)": fk.objectives.MMD(data, k.InverseMultiquadric(0.5)),
     "MMD, Laplacian(0.5)": fk.objectives.MMD(data, k.Laplacian(0.5)),
     "energy distance": fk.objectives.EnergyDistance(data),
-    "Sinkhorn (blur 0.1)": fk.objectives.SinkhornDivergence(data, blur=0.1, max_iter=30),
+    "Sinkhorn (blur 0.1)": fk.objectives.SinkhornDivergence(data, blur=0.1, max_iter=20),
 }
 
 # The Sinkhorn divergence solves an entropic OT problem at every step: fewer steps keep
 # this page quick (its flow moves fastest per step anyway).
-steps = {label: 10 if label.startswith("Sinkhorn") else 30 for label in objectives}
+steps = {label: 5 if label.startswith("Sinkhorn") else 25 for label in objectives}
 curves, finals = {}, {}
 for label, objective in objectives.items():
     flow = fk.FunctionalGradientDescent(objective, step_size=1.0, monitor_every=5,
