@@ -89,6 +89,7 @@ def docstring(qualname: str, obj: object) -> str | None:
 def write_api_index(path: str | Path) -> Path:
     """Write the API reference page (autosummary tables, one stub page per name)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["API reference", "=============", "",
              "Every public name of flowkit, one page each, generated from the ``__all__`` "
              "lists and the numpydoc docstrings.", ""]

@@ -2,7 +2,7 @@
 Noise injection in the MMD flow
 ===============================
 
-Arbel et al. (2019) [AKSG19] evaluate the MMD's first variation at noisy particles
+Arbel et al. (2019) [ArbelKorbaSalimGretton19] evaluate the MMD's first variation at noisy particles
 ``x + beta_n u`` to keep the flow from stalling far from the target;
 :class:`flowkit.objectives.NoisyMMDFlow` with the schedule
 :func:`flowkit.objectives.arbel_schedule`. A reduced version of their Gaussian experiment
