@@ -2,8 +2,8 @@
 2023) against SGD, momentum and Adam.
 
 1. The toy saddle of the paper's code, ``U = (1 + x^2)(100 - y^2)`` from ``(2, -4)`` for
-   400 simultaneous iterations (digest sec. 4.4): CG with the FR and PRP rules and
-   coefficients 0.5 and 1 against SGD and momentum 0.5, all with the same step sizes.
+   400 simultaneous iterations (the paper's public code [NI23]): CG with the FR and PRP
+   rules and coefficients 0.5 and 1 against SGD and momentum 0.5, all with the same step sizes.
 2. A small non-saturating GAN on 8 gaussians, discriminator then generator each
    iteration as in the paper's ``main.py``, trained with CG, SGD, momentum and Adam; the
    exact W2 distance (POT ``ot.emd2``, float64, uniform weights) between generated and

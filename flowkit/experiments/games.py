@@ -1,13 +1,15 @@
 """``flowkit reproduce games``: local rates of game dynamics, predicted against measured.
 
-Liang & Stokes (2019) explain the local behaviour of GAN dynamics by the interaction term
-``C`` of the game's Jacobian (digest sec. 3). This experiment checks the rate predictions
-of :mod:`flowkit.games` against runs:
+Liang & Stokes (2019) [LS19] explain the local behaviour of GAN dynamics by the interaction
+term ``C`` of the game's Jacobian. This experiment checks the rate predictions of
+:mod:`flowkit.games` against runs:
 
 1. the rate table: on ``U = x^T C y`` with ``C = U diag(sigmas) V^T`` (random rotations
-   from the seed), for every dynamics and step size, the closed form of digest sec. 3.3,
+   from the seed), for every dynamics and step size, the closed form per singular value
+   of ``C`` (docs/games.md),
    the spectral radius of the linearized update and the rate fitted to a run;
-2. OMD on ``C = I`` against the values printed in the digest;
+2. OMD on ``C = I`` against the rates computed by hand from the characteristic roots of
+   its linearization;
 3. the figure "interaction matters": rate against ``||C||`` for SGA on a stable quadratic
    game (fixed and tuned step size: more interaction, slower) and for OMD, CO, PM and EG on
    a bilinear one (no interaction, no convergence).
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 NAME = "games"
 HELP = "game dynamics: predicted vs measured local rates on bilinear games (Liang & Stokes)"
 
-# OMD on C = I, digest sec. 3.3 (computed there from the characteristic roots).
-_DIGEST_OMD = {0.1: 0.99494, 0.3: 0.94868, 0.5: 0.70711, 0.6: 1.0574}
+# OMD on C = I: rates computed by hand from the characteristic roots of its linearization.
+_EXPECTED_OMD = {0.1: 0.99494, 0.3: 0.94868, 0.5: 0.70711, 0.6: 1.0574}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +104,7 @@ def _omd_identity(etas: list[float], steps: int, device: torch.device) -> list[d
     rows = []
     for eta in etas:
         row = _row(game, games.OMD(eta), z0, [1.0, 1.0], steps)
-        row["digest"] = _DIGEST_OMD.get(round(eta, 6))
+        row["expected"] = _EXPECTED_OMD.get(round(eta, 6))
         rows.append(row)
     return rows
 
@@ -199,11 +201,11 @@ def run(args: argparse.Namespace, run: RunFolder) -> None:
     print(f"largest |measured - predicted| = {max(r['abs_error'] for r in rows):.2e}")
 
     omd = _omd_identity(etas, steps, device)
-    print("\nOMD on C = I against the digest (sec. 3.3)")
+    print("\nOMD on C = I against the rates from the characteristic roots")
     for r in omd:
-        digest = "-" if r["digest"] is None else f"{r['digest']:g}"
+        expected = "-" if r["expected"] is None else f"{r['expected']:g}"
         print(f"  eta = {r['eta']:<4g} predicted {r['predicted']:.5f}  measured "
-              f"{r['measured']:.5f}  digest {digest}")
+              f"{r['measured']:.5f}  expected {expected}")
 
     curves = _interaction_curves(args, 12 if args.quick else 40, 4 if args.quick else 8,
                                  min(steps, 2000), device, gen)

@@ -1,5 +1,5 @@
 """``flowkit reproduce kernelized-flow``: a generator trained by gradient descent on MMD^2
-against the same generator trained by the parametric kernelized flow (digest 2.2).
+against the same generator trained by the parametric kernelized flow (Mroueh & Nguyen 2021 [MN21]).
 
 Both start from the same weights (an MLP from a 2-D Gaussian latent to the plane) and see
 the same latent batches; the target is 8 gaussians. Plain gradient descent takes

@@ -1,6 +1,7 @@
 """``flowkit reproduce noisy-mmd``: the MMD flow with and without noise injection.
 
-Arbel, Korba, Salim & Gretton (2019), Gaussian experiment (digest 2.3), reduced in size:
+Arbel, Korba, Salim & Gretton (2019) [ArbelKorbaSalimGretton19], Gaussian experiment,
+reduced in size:
 particles start at nu_0 = N(10, 0.5^2) and flow toward mu = N(0, 1) under the MMD with a
 Gaussian kernel of bandwidth 2, step gamma on F = MMD^2 / 2 (flowkit step
 ``eta = gamma / 2`` on MMD^2), noise beta_n = beta until step ``--noise-until``, then 0.
@@ -8,7 +9,8 @@ The paper uses N = M = 1000, gamma = 0.1 and 10^5 iterations with noise until 50
 defaults here are N = M = 100, 15000 steps, noise until 5000 and gamma = 1 (ten times the
 paper's step, still within Arbel et al.'s gamma <= 2/(3L) = 4/3 for sigma = 2, to make up
 for 7x fewer iterations). The dimension (1 by default) and the reading of 0.5 as a
-standard deviation are this reproduction's choices (the digest does not state them).
+standard deviation are this reproduction's choices (not stated in the paper's text at
+hand).
 Float64 throughout, so MMD^2 can be followed far down.
 
 Writes ``config.json``, ``results.json`` and ``mmd2`` (PNG and PDF: MMD^2 against steps,
