@@ -224,7 +224,8 @@ def run_algorithm1(cfg: DigitsConfig, data: Tensor, ckpt: dict[str, Any], metric
             "critic_steps": [k * cfg.critic_steps for k in h["step"]],
             **{k: list(h[k]) for k in ("IS", "FD", "W2")},
             "wall_time": time.perf_counter() - start,
-            "_final": torch.tanh(result.particles)}
+            "_final": torch.tanh(result.particles), "_layers": result.layers,
+            "_generator": gen}
 
 
 def run_continued(cfg: DigitsConfig, data: Tensor, ckpt: dict[str, Any], metrics, seed: int
@@ -441,6 +442,7 @@ def _run(cfg: DigitsConfig, args: argparse.Namespace, run, metrics) -> dict[str,
         for name in arm_names:
             res = jobs[name]()
             finals.setdefault(name, res.pop("_final"))
+            res.pop("_layers", None), res.pop("_generator", None)
             arms[name].append(res)
             if progress:
                 print(f"  seed {seed} {name}: IS {res['IS'][0]:.3f} -> {res['IS'][-1]:.3f}, "
