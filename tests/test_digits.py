@@ -62,3 +62,20 @@ def test_quick_run_and_checkpoint(tmp_path, capsys):
     assert ckpt["generator_steps"] >= cfg.pretrain_min
     with pytest.raises(ValueError, match="architecture"):
         digits.load_checkpoint(digits.DigitsConfig(), str(run / "pretrained.pt"))
+
+
+def test_dcgan_critic_input_gradients_match_autograd():
+    critic = DCGANCritic(4, seed=1).double()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    p = torch.randn(5, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    values, grad = critic.values_and_input_gradients(x, p)
+    torch.testing.assert_close(values, critic(x))
+    (expected,) = torch.autograd.grad(critic(p).sum(), p, create_graph=True)
+    torch.testing.assert_close(grad, expected)
+    # and the penalty's parameter gradients agree (second derivatives through it)
+    w = critic.body[0].weight
+    (a,) = torch.autograd.grad(grad.square().sum(), w)
+    (b,) = torch.autograd.grad(expected.square().sum(), w)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="scalar"):
+        DCGANCritic(4, 3).values_and_input_gradients(x, p)

@@ -52,8 +52,8 @@ class DigitsConfig:
     n_critic: int = 5
     # pretraining: evaluate every `eval_every` generator steps; stop when the IS has not
     # risen by `plateau_tol` (relative) over its best for `patience` evaluations
-    pretrain_max: int = 3000
-    pretrain_min: int = 1000
+    pretrain_max: int = 2000
+    pretrain_min: int = 750
     eval_every: int = 250
     plateau_tol: float = 0.02
     patience: int = 3
@@ -365,7 +365,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="outer steps T (30)")
     parser.add_argument("--step-size", type=float, default=None, help="eta (0.5)")
     parser.add_argument("--pretrain-max", type=int, default=None,
-                        help="most WGAN-GP generator steps of the pretraining (3000)")
+                        help="most WGAN-GP generator steps of the pretraining (2000)")
     parser.add_argument("--no-mmd", action="store_true", help="skip the MMD-critic arm")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
