@@ -189,9 +189,9 @@ def figure(results: dict[str, dict[str, list[dict]]], summary: dict, real_fd: fl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--iters", type=int, default=1500, help="GAN iterations per run")
+    parser.add_argument("--iters", type=int, default=1000, help="GAN iterations per run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds: seed, seed+1, ...")
-    parser.add_argument("--eval-every", type=int, default=250, help="iterations between FDs")
+    parser.add_argument("--eval-every", type=int, default=200, help="iterations between FDs")
     parser.add_argument("--lr-rule", choices=["constant", "sqrt"], default="constant",
                         help="learning-rate rule of [NI23]: a, or a / sqrt(n)")
     parser.add_argument("--batch", type=int, default=64)
