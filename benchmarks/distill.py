@@ -13,7 +13,7 @@ against the teacher's) for each prefix length.
     python benchmarks/distill.py --checkpoint runs/digits-.../pretrained.pt
     python benchmarks/distill.py --quick
 
-Prints tables and writes ``benchmarks/results/distill.json``.
+Prints tables and writes ``benchmarks/results/distill-<parts>.json``.
 """
 
 from __future__ import annotations
@@ -168,25 +168,31 @@ def main() -> None:
     p.add_argument("--distill-steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parts", nargs="+", choices=["digits", "toy"], default=["digits", "toy"])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.steps, args.distill_steps = min(args.steps, 4), min(args.distill_steps, 20)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    metrics = DigitsMetrics()
-    result = {"args": vars(args), "digits": digits_part(args, metrics), "toy": toy_part(args),
-              "real_vs_real": metrics.real_vs_real(), "versions": fk.runs.library_versions()}
+    metrics = DigitsMetrics() if "digits" in args.parts else None
+    result = {"args": vars(args), "versions": fk.runs.library_versions()}
+    if "digits" in args.parts:
+        result["digits"] = digits_part(args, metrics)
+        result["real_vs_real"] = metrics.real_vs_real()
+        print("digits (IS, FD, W2 against the 797 held-out digits; real vs real "
+              + ", ".join(f"{k} {result['real_vs_real'][k]:.3f}" for k in ("IS", "FD", "W2"))
+              + ")")
+        print(table(result["digits"], ("IS", "FD", "W2")))
+    if "toy" in args.parts:
+        result["toy"] = toy_part(args)
+        print(f"\n8 gaussians (W2 to the training data and to a held-out draw; held-out vs "
+              f"data {result['toy']['reference_W2']:.4f})")
+        print(table(result["toy"], ("W2_data", "W2_heldout")))
     result["wall_time"] = time.perf_counter() - start
-    print("digits (IS, FD, W2 against the 797 held-out digits; real vs real "
-          + ", ".join(f"{k} {result['real_vs_real'][k]:.3f}" for k in ("IS", "FD", "W2")) + ")")
-    print(table(result["digits"], ("IS", "FD", "W2")))
-    print(f"\n8 gaussians (W2 to the training data and to a held-out draw; held-out vs data "
-          f"{result['toy']['reference_W2']:.4f})")
-    print(table(result["toy"], ("W2_data", "W2_heldout")))
     print(f"\nwall time {result['wall_time']:.1f} s")
     RESULTS.mkdir(exist_ok=True)
-    name = "distill-quick.json" if args.quick else "distill.json"
+    name = "-".join(["distill", *args.parts] + (["quick"] if args.quick else [])) + ".json"
     (RESULTS / name).write_text(json.dumps(result, indent=1, default=float))
 
 
