@@ -5,14 +5,15 @@ small CNN trained on a fixed train split of scikit-learn's 8 x 8 digits
 (:func:`digits_classifier`; trained once, then loaded from a cache keyed by the hash of its
 data, architecture and training settings). On top of it:
 
-* the Inception score (Salimans et al. 2016) :math:`\exp\,\mathbb E_x
+* the Inception score (Salimans et al. 2016 [SalimansEtAl16], sec. 4) :math:`\exp\,\mathbb E_x
   \operatorname{KL}(p(y|x)\,\|\,p(y))`, between 1 and the number of classes
   (:func:`inception_score`);
-* the Frechet distance of Heusel et al. (2017) between Gaussians fitted to the classifier's
-  penultimate features, :math:`\|\mu_1-\mu_2\|^2 + \operatorname{tr}(\Sigma_1 + \Sigma_2 -
-  2(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2})^{1/2})` (:func:`frechet_distance`, "FD" here, as
-  the features are not Inception's);
-* the exact W2 distance in pixel space through POT (:func:`flowkit.monitors.wasserstein`).
+* the Frechet distance of Heusel et al. 2017 [HeuselEtAl17], eq. (6), between Gaussians
+  fitted to the classifier's penultimate features, :math:`\|\mu_1-\mu_2\|^2 +
+  \operatorname{tr}(\Sigma_1 + \Sigma_2 - 2(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2})^{1/2})`
+  (:func:`frechet_distance`, "FD" here, as the features are not Inception's);
+* the exact W2 distance in pixel space through POT [FlamaryEtAl21]
+  (:func:`flowkit.monitors.wasserstein`).
 
 :class:`DigitsMetrics` evaluates all three against the held-out split and knows the
 real-vs-real level of each (the train split scored as if it were a generator), so a table
@@ -249,7 +250,8 @@ def frechet_distance(x: Tensor, y: Tensor) -> float:
     .. math:: \|\mu_x-\mu_y\|^2 + \operatorname{tr}\Sigma_x + \operatorname{tr}\Sigma_y
         - 2\operatorname{tr}\big(\Sigma_x^{1/2}\Sigma_y\Sigma_x^{1/2}\big)^{1/2}
 
-    (the squared W2 distance of the two Gaussians; Heusel et al. 2017), with unbiased
+    (the squared W2 distance of the two Gaussians; Heusel et al. 2017 [HeuselEtAl17],
+    eq. (6)), with unbiased
     covariances, in float64; the matrix square roots by symmetric eigendecompositions, so
     the result is real and, up to round-off, >= 0.
     """

@@ -2,7 +2,8 @@ r"""A DCGAN-style critic for 8 x 8 images, without batch normalisation.
 
 Two stride-2 convolutions (``8 -> 4 -> 2``) with leaky ReLU and a linear read-out. No batch
 norm: the WGAN-GP penalty is per sample, and a critic evaluated on the concatenated batch
-``[fake, real, penalty points]`` must not mix them (Gulrajani et al. 2017, sec. 4).
+``[fake, real, penalty points]`` must not mix them (Gulrajani et al. 2017 [GulrajaniEtAl17],
+sec. 4).
 With ``out_features`` it is a feature map (for :class:`flowkit.critics.MMDCritic`).
 """
 

@@ -1,4 +1,4 @@
-r"""A DCGAN-style generator sized for 8 x 8 images (Radford et al. 2016).
+r"""A DCGAN-style generator sized for 8 x 8 images (Radford et al. 2016 [RadfordEtAl16]).
 
 A linear layer to a ``2w x 2 x 2`` map, two stride-2 transposed convolutions (``4 x 4``,
 then ``8 x 8``), batch normalisation and ReLU after every layer but the last, and a tanh
