@@ -107,6 +107,13 @@ def eval_latents(cfg: DigitsConfig, seed: int) -> Tensor:
                        generator=torch.Generator().manual_seed(10_000 + seed))
 
 
+def evaluate(metrics, images: Tensor) -> dict[str, float]:
+    """The metrics, or NaN for all of them when a run has diverged (non-finite images)."""
+    if not bool(torch.isfinite(images).all()):
+        return {"IS": float("nan"), "FD": float("nan"), "W2": float("nan")}
+    return metrics(images)
+
+
 def samples(generator, z: Tensor) -> Tensor:
     """``generator(z)`` in eval mode (batch norm on its running statistics)."""
     was = generator.training
@@ -141,7 +148,7 @@ def pretrain(cfg: DigitsConfig, data: Tensor, metrics, *, progress: bool = False
     best, stale = -math.inf, 0
     start = time.perf_counter()
     while True:
-        m = metrics(samples(gan.generator, z))
+        m = evaluate(metrics, samples(gan.generator, z))
         curve["generator_steps"].append(gan.generator_steps)
         curve["critic_steps"].append(gan.critic_steps)
         for k in ("IS", "FD", "W2"):
@@ -215,7 +222,7 @@ def run_algorithm1(cfg: DigitsConfig, data: Tensor, ckpt: dict[str, Any], metric
     with torch.no_grad():
         x0 = gen.body(eval_latents(cfg, seed))
     flow = fk.FunctionalGradientDescent(
-        objective, cfg.step_size, monitors=[lambda s: metrics(torch.tanh(s.particles))],
+        objective, cfg.step_size, monitors=[lambda s: evaluate(metrics, torch.tanh(s.particles))],
         monitor_every=cfg.monitor_every, progress=False)
     start = time.perf_counter()
     result = flow.run(x0, cfg.outer_steps)
@@ -243,13 +250,13 @@ def run_continued(cfg: DigitsConfig, data: Tensor, ckpt: dict[str, Any], metrics
     for c in range(0, total + 1, every):
         if c:
             gan.train(every // cfg.n_critic)
-        m = metrics(samples(gan.generator, z))
+        m = evaluate(metrics, samples(gan.generator, z))
         curve["critic_steps"].append(c)
         for k in ("IS", "FD", "W2"):
             curve[k].append(m[k])
     if curve["critic_steps"][-1] != total:  # a last, shorter stretch
         gan.train((total - curve["critic_steps"][-1]) // cfg.n_critic)
-        m = metrics(samples(gan.generator, z))
+        m = evaluate(metrics, samples(gan.generator, z))
         curve["critic_steps"].append(total)
         for k in ("IS", "FD", "W2"):
             curve[k].append(m[k])
