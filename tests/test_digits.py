@@ -46,6 +46,7 @@ def test_quick_run_and_checkpoint(tmp_path, capsys):
                      "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "real vs real" in printed and "SUPPORTED at this scale" in printed
+    assert "start (pretrained WGAN-GP)" in printed
     (run,) = tmp_path.iterdir()
     names = {p.name for p in run.iterdir()}
     assert {"config.json", "results.json", "table.md", "pretrained.pt", "figure3.png",
