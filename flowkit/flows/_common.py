@@ -7,13 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from flowkit.kernels import (
-    DEFAULT_MEMORY_BUDGET,
-    Kernel,
-    _check_blocking,
-    _torch_reduce,
-    block_rows,
-)
+from flowkit.backends import DEFAULT_MEMORY_BUDGET, block_rows, check_blocking
+from flowkit.backends import torch as torch_backend
+from flowkit.kernels import Kernel
 from flowkit.validation import check_weights
 
 Score = Callable[[Tensor], Tensor]
@@ -82,8 +78,10 @@ def kernel_matvec(x: Tensor, y: Tensor, kernel: Kernel, V: Tensor, *,
     kernel sum (``kernel_sum`` reduces one weight vector; SVGD needs ``K = d`` of them).
 
     Blocked over rows of ``x`` like :func:`flowkit.kernels.kernel_sum`, differentiable.
+    :class:`flowkit.geometry.PointCloud` reduces one weight vector per pass, so this runs
+    the torch backend's block reduction directly (one pass for all ``K`` columns).
     """
-    _check_blocking(block_size, memory_budget)
+    check_blocking(block_size, memory_budget)
     x2, y2 = x.flatten(1), y.flatten(1)
     center = y2.mean(0, keepdim=True)  # translation invariance: accurate float32 distances
     x2, y2 = x2 - center, y2 - center
@@ -91,4 +89,6 @@ def kernel_matvec(x: Tensor, y: Tensor, kernel: Kernel, V: Tensor, *,
     if kernel.singular_at_zero:
         raise ValueError(f"kernel {kernel!r} is not differentiable at 0; use Gaussian or "
                          "InverseMultiquadric")
-    return _torch_reduce(x2, y2, V, kernel.profile, rows)
+    y_sq = y2.pow(2).sum(1)
+    out = [torch_backend.reduce(xb, y2, V, kernel.profile, False, y_sq) for xb in x2.split(rows)]
+    return torch.cat(out) if len(out) > 1 else out[0]
