@@ -21,7 +21,16 @@ from flowkit.flows.kl import (
     ula_moments,
 )
 from flowkit.flows.ksd import KSD, SteinPotential, ksd2, stein_kernel
-from flowkit.flows.optimizers import OptimResult, armijo_descent, lbfgs, momentum_descent
+from flowkit.flows.optimizers import (
+    LBFGS,
+    Armijo,
+    Momentum,
+    OptimResult,
+    StepRule,
+    armijo_descent,
+    lbfgs,
+    momentum_descent,
+)
 from flowkit.flows.sliced import (
     SlicedPotential,
     SlicedWasserstein,
@@ -68,6 +77,10 @@ __all__ = [
     "weighted_mmd2",
     "wfr_mmd_flow",
     "wfr_step",
+    "StepRule",
+    "Armijo",
+    "Momentum",
+    "LBFGS",
     "OptimResult",
     "armijo_descent",
     "momentum_descent",
