@@ -181,3 +181,13 @@ def test_bad_inputs_name_the_argument():
         flows.WFR(_target(), weight_step=-1.0)
     with pytest.raises(ValueError, match="score"):
         flows.Langevin()
+
+
+def test_svgd_engine_passes_the_particle_weights():
+    x0, w = _x0(), _weights()
+    res = fk.FunctionalGradientDescent(flows.SVGD(score=score, bandwidth=1.0), 0.3,
+                                       progress=False).run(x0, 1, weights=w)
+    expect = x0 + 0.3 * flows.svgd_velocity(x0, score, Gaussian(1.0), w)
+    assert torch.equal(res.particles, expect)
+    unweighted = x0 + 0.3 * flows.svgd_velocity(x0, score, Gaussian(1.0))
+    assert not torch.allclose(res.particles, unweighted)
