@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowkit.backends import DEFAULT_MEMORY_BUDGET, block_rows, check_blocking
 from flowkit.backends import torch as torch_backend
@@ -37,12 +37,14 @@ def resolve_score(score: Score | None, log_density: Callable[[Tensor], Tensor] |
     return _AutogradScore(log_density)
 
 
-class _AutogradScore:
-    # a class, not a closure, so objectives holding it pickle into checkpoints
+class _AutogradScore(nn.Module):
+    # a flowkit module, not a closure: objectives and layers holding it pickle into
+    # checkpoints and layer files, and load without trusted_classes for this class
     def __init__(self, log_density: Callable[[Tensor], Tensor]):
+        super().__init__()
         self.log_density = log_density
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         with torch.enable_grad():
             keep = x.requires_grad
             z = x if keep else x.detach().requires_grad_(True)

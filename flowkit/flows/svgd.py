@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowkit.flows._common import (
     Score,
@@ -49,7 +49,7 @@ __all__ = ["LinearKernel", "median_bandwidth", "svgd_velocity", "SVGD", "SVGDFie
            "SVGDResult"]
 
 
-class LinearKernel:
+class LinearKernel(nn.Module):
     r"""The linear kernel :math:`k(x, y) = 1 + x^\top y` (not radial: SVGD only).
 
     With it SVGD matches first and second moments: for a Gaussian target its fixed points
@@ -57,7 +57,8 @@ class LinearKernel:
     :math:`s(y) = -\Sigma^{-1}(y - m)`, :math:`\phi \equiv 0` forces
     :math:`\hat m = m` and :math:`\hat C = \Sigma` (derived here; moment matching by SVGD
     is the subject of Liu & Wang 2018 [LiuWang18]). The velocity is affine, computed in
-    closed form in O(N d^2).
+    closed form in O(N d^2). (An ``nn.Module`` with no parameters only so that layers
+    holding it load from files like flowkit's other kernels.)
     """
 
     def __repr__(self) -> str:

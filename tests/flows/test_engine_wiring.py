@@ -191,3 +191,18 @@ def test_svgd_engine_passes_the_particle_weights():
     assert torch.equal(res.particles, expect)
     unweighted = x0 + 0.3 * flows.svgd_velocity(x0, score, Gaussian(1.0))
     assert not torch.allclose(res.particles, unweighted)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: flows.SVGD(score=score, kernel=flows.LinearKernel()),
+    lambda: flows.KSD(log_density=log_density),
+    lambda: flows.Langevin(log_density=log_density),
+], ids=["svgd-linear", "ksd-log-density", "langevin-log-density"])
+def test_layers_holding_flowkit_helpers_load_safely(make, tmp_path):
+    # the linear kernel and the autograd score are flowkit's own: only the user's function
+    # needs trusting
+    x0 = _x0()
+    res = fk.FunctionalGradientDescent(make(), 0.01, progress=False).run(x0, 2)
+    path = res.layers.save(tmp_path / "stack.pt")
+    loaded = fk.GradientLayerStack.load(path, trusted_classes=TRUSTED)
+    torch.testing.assert_close(loaded(x0), res.particles, rtol=0, atol=1e-12)
