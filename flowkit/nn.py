@@ -14,6 +14,7 @@ from flowkit.validation import check_choice, check_int
 __all__ = ["MLP", "ACTIVATIONS"]
 
 _LEAKY_SLOPE = 0.2
+#: The activations :class:`MLP` accepts by name, each a constructor of a fresh module.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE),
