@@ -435,15 +435,15 @@ class ShardedMMD(FunctionalObjective):
     def __init__(self, target: Tensor, kernel: Kernel | None = None, *, group: Any = None,
                  block_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  backend: str = "auto"):
-        from flowkit.kernels import _check_backend, _check_blocking  # one place for each rule
+        from flowkit.geometry import PointCloud  # the one check of the three settings
 
         self.target = check_particles(target, "target")
         self.kernel = Gaussian(1.0) if kernel is None else kernel
         if not isinstance(self.kernel, Kernel):
             raise TypeError(f"kernel must be a flowkit.kernels.Kernel, got {type(kernel).__name__}")
-        _check_blocking(block_size, memory_budget)
+        PointCloud.check_policy(block_size, memory_budget, backend)
         self._kw = {"block_size": block_size, "memory_budget": memory_budget,
-                    "backend": _check_backend(backend)}
+                    "backend": backend}
         self.group = group
         self.smoothness = 6.0 * self.kernel.hessian_bound()
         self._m_rows: list[int] | None = None  # every rank's target rows

@@ -41,8 +41,6 @@ from flowkit.backends import (
     DEFAULT_MEMORY_BUDGET,
     block_rows,
 )
-from flowkit.backends import check_backend as _check_backend  # noqa: F401 (re-exported)
-from flowkit.backends import check_blocking as _check_blocking  # noqa: F401 (re-exported)
 from flowkit.backends import native as _native
 from flowkit.backends.torch import sqdist_direct as _sqdist_direct
 from flowkit.validation import check_positive
@@ -248,6 +246,9 @@ class SumKernel(Kernel):
     def __init__(self, kernels: list[Kernel], weights: list[float] | None = None):
         flat_k: list[Kernel] = []
         flat_w: list[float] = []
+        if not isinstance(kernels, (list, tuple)):
+            raise TypeError(f"kernels must be a list of flowkit Kernels, got "
+                            f"{type(kernels).__name__}")
         weights = [1.0] * len(kernels) if weights is None else list(weights)
         if len(weights) != len(kernels) or not kernels:
             raise ValueError("kernels must be non-empty and weights must match it in length")
@@ -294,6 +295,8 @@ def native_available() -> bool:
 def _cloud(x: Tensor, y: Tensor, kernel: Kernel, weights: Tensor | None, kw: dict):
     from flowkit.geometry import PointCloud  # the geometry layer builds on this module
 
+    if y is None:  # the cloud reads None as "y = x": here it is a missing argument
+        raise TypeError("y must be a torch.Tensor of samples (M, *event), got None")
     return PointCloud(x, y, b=weights, kernel=kernel, names=("x", "y", "x", "weights"), **kw)
 
 

@@ -108,7 +108,8 @@ class _Quadratic(Potential):
         self.lipschitz_grad = lipschitz
 
     def _check(self, x: Tensor) -> None:
-        _check_points(x, self.A.shape[0], f"A of shape {tuple(self.A.shape)}", False)
+        # finite too: a potential built on diverged particles never returns a plausible number
+        _check_points(x, self.A.shape[0], f"A of shape {tuple(self.A.shape)}", True)
         check_compatible(x, self.A, "x", "A")
 
     def forward(self, x: Tensor) -> Tensor:

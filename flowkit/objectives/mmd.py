@@ -64,12 +64,15 @@ class KernelWitness(Potential):
         self.lipschitz_grad = 2.0 * abs(self.scale) * kernel.hessian_bound()
 
     def _cloud(self, z: Tensor) -> PointCloud:
-        # metadata only (no device synchronisation): the engine evaluates this every step
         check_particles(z, "z", finite=False)
         check_compatible(z, self.particles, "z", "particles")
         points, w = PointCloud.signed_stack(self.particles, self.target, self.scale,
                                             -self.scale, self.weights, self.target_weights)
-        return PointCloud.checked(z, points, b=w, kernel=self.kernel, **self._kw)
+        # the cloud's own screen refuses non-finite points (one sum per tensor), so a
+        # potential built on diverged particles never returns a plausible number; both
+        # are points of the particles' space, named x as the objective's argument
+        return PointCloud(z, points, b=w, kernel=self.kernel, **self._kw,
+                          names=("x", "x", "x", "weights"))
 
     def forward(self, z: Tensor) -> Tensor:
         return self._cloud(z).kernel_sum()

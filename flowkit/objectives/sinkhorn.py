@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowkit._compat import MISSING, renamed_keyword
 from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
@@ -304,8 +305,9 @@ class SinkhornDivergence(FunctionalObjective):
 
     Parameters
     ----------
-    data : Tensor or PointCloud
-        Target sample ``(M, *event)``, or a :class:`flowkit.geometry.PointCloud` on it
+    target : Tensor or PointCloud
+        Target sample ``(M, *event)`` (``data=`` is a deprecated alias; the sample is kept
+        as the attribute ``data``), or a :class:`flowkit.geometry.PointCloud` on it
         (``PointCloud(y, b=target_weights, memory_budget=..., backend=...)``), which then
         fixes the weights and the compute settings (leave those arguments at their
         defaults).
@@ -369,25 +371,27 @@ class SinkhornDivergence(FunctionalObjective):
 
     minimum = 0.0
 
-    def __init__(self, data: Tensor | PointCloud, blur: float = 0.05, *, scaling: float = 0.5,
-                 max_iter: int = 1000, tol: float = 1e-6,
+    def __init__(self, target: Tensor | PointCloud = MISSING, blur: float = 0.05, *,
+                 scaling: float = 0.5, max_iter: int = 1000, tol: float = 1e-6,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True,
                  policy: str = "converge", backend: str = "auto",
-                 target_weights: Tensor | None = None):
+                 target_weights: Tensor | None = None, data: Tensor | PointCloud = MISSING):
+        data, name = renamed_keyword(target, data, "target", "data", "SinkhornDivergence")
+        self._target_name = name
         if isinstance(data, PointCloud):
             given = [k for k, v, d in [("memory_budget", memory_budget, DEFAULT_MEMORY_BUDGET),
                                        ("backend", backend, "auto"),
                                        ("target_weights", target_weights, None)] if v is not d]
             if given:
-                raise ValueError(f"data is a PointCloud, which already fixes "
+                raise ValueError(f"{name} is a PointCloud, which already fixes "
                                  f"{', '.join(given)}: set them on the PointCloud, not here")
             geom, target_weights = data, data.given_b
             data = geom.y
         else:
-            check_particles(data, "data")
+            check_particles(data, name)
             geom = PointCloud(data, b=target_weights, memory_budget=memory_budget,
                               backend=backend,
-                              names=("data", "data", "target_weights", "target_weights"))
+                              names=(name, name, "target_weights", "target_weights"))
         if target_weights is not None:
             check_weights(target_weights, data.shape[0], "target_weights", like=data)
         if geom.backend == "native":
@@ -423,7 +427,7 @@ class SinkhornDivergence(FunctionalObjective):
         return self._geometry.given_b
 
     def validate(self, x: Tensor) -> None:
-        self._geometry.particles(x, target="data")
+        self._geometry.particles(x, target=self._target_name)
 
     def _check(self, x: Tensor, weights: Tensor | None) -> Tensor | None:
         self.validate(x)
