@@ -61,7 +61,7 @@ from flowkit.validation import (
     check_weights,
 )
 
-__all__ = ["PointCloud", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["PointCloud"]
 
 
 def _check_all_finite(tensors: list[tuple[str, Tensor | None]]) -> None:

@@ -108,8 +108,7 @@ class _Quadratic(Potential):
         self.lipschitz_grad = lipschitz
 
     def _check(self, x: Tensor) -> None:
-        # finite too: a potential built on diverged particles never returns a plausible number
-        _check_points(x, self.A.shape[0], f"A of shape {tuple(self.A.shape)}", True)
+        _check_points(x, self.A.shape[0], f"A of shape {tuple(self.A.shape)}", False)
         check_compatible(x, self.A, "x", "A")
 
     def forward(self, x: Tensor) -> Tensor:
