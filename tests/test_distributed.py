@@ -116,6 +116,7 @@ def _sharded_cases(tmp):
     except fk.FlowDivergedError as err:
         out["diverged"] = (err.rule, err.step)
     out["progress"] = fkd.show_progress(True)
+    out["demo"] = (_demo(tmp / "demo"), tmp / "demo")  # the command, as under torchrun
     return out
 
 
@@ -265,3 +266,25 @@ def test_shard_bounds_cover_the_rows_once():
             assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
     with pytest.raises(ValueError, match="rank"):
         fkd.shard_bounds(5, 2, 2)
+
+
+def _demo(out):
+    from flowkit.cli import main
+
+    return main(["demo", "--out", str(out), "--n", "60", "--steps", "10", "--every", "5",
+                 "--no-progress"])
+
+
+def test_the_demo_runs_sharded_and_rank_0_writes_the_run_folder(sharded, tmp_path):
+    import json
+
+    assert sharded[0]["demo"][0] == sharded[1]["demo"][0] == 0
+    assert _demo(tmp_path) == 0
+    (two,), (one,) = list(sharded[0]["demo"][1].iterdir()), list(tmp_path.iterdir())
+    sharded, single = (json.loads((run / "metrics.json").read_text())["history"]
+                       for run in (two, one))
+    assert json.loads((two / "config.json").read_text())["config"]["world_size"] == 2
+    assert sharded["step"] == single["step"] == [0, 5, 10]
+    for name in ("W2", "MMD"):  # float32: the same flow up to the order of the sums
+        assert sharded[name] == pytest.approx(single[name], rel=1e-4, abs=1e-6)
+    assert (two / "snapshots.png").stat().st_size > 10_000
