@@ -737,7 +737,10 @@ class _ShardedSeam(_LocalSeam):
     def max(self, values: Tensor) -> Tensor:
         # NaN does not survive a MAX reduction reliably: carry it as inf (still non-finite)
         buf = torch.where(torch.isnan(values), torch.full_like(values, math.inf), values)
-        buf = buf.detach().to(_comm_device(self.group, values)).clone()
+        # NCCL reduces CUDA tensors only: the engine's CPU scalars go to this rank's GPU
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend(self.group) == "nccl" else torch.device("cpu"))
+        buf = buf.detach().to(device).clone()
         try:
             dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.group)
         except RuntimeError as err:
