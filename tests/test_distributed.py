@@ -116,6 +116,7 @@ def _sharded_cases(tmp):
     except fk.FlowDivergedError as err:
         out["diverged"] = (err.rule, err.step)
     out["progress"] = fkd.show_progress(True)
+    out["engine_progress"] = fkd.engine_seam(obj).progress(True)  # the engine's bar
     out["demo"] = (_demo(tmp / "demo"), tmp / "demo")  # the command, as under torchrun
     return out
 
@@ -227,6 +228,7 @@ def test_a_rank_that_diverges_stops_every_rank(sharded):
     # rank 1's particles were scaled by 1e6 after step 2: the growth rule fires at step 3
     assert sharded[0]["diverged"] == sharded[1]["diverged"] == ("growth", 3)
     assert [sharded[r]["progress"] for r in (0, 1)] == [True, False]
+    assert [sharded[r]["engine_progress"] for r in (0, 1)] == [True, False]
 
 
 def test_a_rank_failing_mid_run_ends_the_job_with_errors_on_every_rank():
