@@ -1,4 +1,14 @@
-"""The ``flowkit`` command: ``flowkit demo``, ``flowkit reproduce NAME`` and ``flowkit verify``."""
+"""The ``flowkit`` command: ``flowkit demo``, ``flowkit reproduce NAME`` and ``flowkit verify``.
+
+Every sub-command takes the common options of :func:`flowkit.experiments._common.add_common`
+(``--seed``, ``--device``, ``--out``, ``--threads``, ``--quick``, ``--no-progress``). A bad
+invocation is refused with one line on stderr and exit code 2, before any folder is
+created.
+
+Sub-commands are registered by the functions of :data:`COMMANDS`; another command is one
+more function ``register(subparsers)`` appended there, which adds its parser and sets
+``handler`` (a callable ``args -> int``) with ``parser.set_defaults``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +16,20 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import flowkit.experiments as _experiments
+from flowkit.experiments import _common
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``prog: error: message``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _experiment_modules() -> dict[str, object]:
@@ -19,59 +38,67 @@ def _experiment_modules() -> dict[str, object]:
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"flowkit.experiments.{info.name}")
-        if hasattr(module, "NAME") and hasattr(module, "main"):
+        if hasattr(module, "NAME") and hasattr(module, "run"):
             modules[module.NAME] = module
     return modules
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs", help="parent folder of the run folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+def _add_experiment(sub: argparse._SubParsersAction, name: str, module: object) -> None:
+    parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    module.add_arguments(parser)
+    _common.add_common(parser)
+
+    def handler(args: argparse.Namespace) -> int:
+        folder = _common.launch(module, args, error=parser.error)
+        if folder is not None:  # None on the ranks > 0 of a sharded run
+            print(f"results written to {folder.path}")
+        return 0
+
+    parser.set_defaults(handler=handler, _module=module)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flowkit", description="Functional-gradient descent and particle flows on torch."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _register_demo(sub: argparse._SubParsersAction) -> None:
     modules = _experiment_modules()
     if "demo" in modules:
-        demo = sub.add_parser("demo", help=modules["demo"].HELP)
-        _add_common(demo)
-        modules["demo"].add_arguments(demo)
-        demo.set_defaults(_module=modules["demo"])
+        _add_experiment(sub, "demo", modules["demo"])
+
+
+def _register_reproduce(sub: argparse._SubParsersAction) -> None:
     reproduce = sub.add_parser("reproduce", help="reproduce a paper's experiment")
-    which = reproduce.add_subparsers(dest="experiment", required=True)
-    for name, module in sorted(modules.items()):
-        if name == "demo":
-            continue
-        p = which.add_parser(name, help=module.HELP)
-        _add_common(p)
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
-    _add_verify(sub)
-    return parser
+    which = reproduce.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    for name, module in sorted(_experiment_modules().items()):
+        if name != "demo":
+            _add_experiment(which, name, module)
 
 
-def _add_verify(sub) -> None:
+def _register_verify(sub: argparse._SubParsersAction) -> None:
     # the command's logic lives with the claims it runs
     from flowkit.claims import cli as verify
 
-    p = sub.add_parser("verify", help=verify.HELP)
-    verify.add_arguments(p)
-    p.set_defaults(_verify=verify.main)
+    parser = sub.add_parser("verify", help=verify.HELP, description=verify.HELP)
+    verify.add_arguments(parser)
+    parser.set_defaults(handler=verify.main)
+
+
+#: Functions ``register(subparsers)``, one per top-level sub-command, in help order.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_demo, _register_reproduce, _register_verify]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flowkit`` parser with every registered sub-command."""
+    parser = _Parser(prog="flowkit",
+                     description="Functional-gradient descent and particle flows on torch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``flowkit`` with ``argv`` (default: the process's arguments); the exit code."""
     args = build_parser().parse_args(argv)
-    if hasattr(args, "_verify"):
-        return args._verify(args)
-    run = args._module.main(args)
-    if run is not None:
-        print(f"results written to {run.path}")
-    return 0
+    return args.handler(args)
 
 
 if __name__ == "__main__":

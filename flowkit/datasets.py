@@ -104,6 +104,7 @@ def digits(n: int | None = None, seed: int | torch.Generator = 0, *,
     return images[:, None].to(device=device, dtype=dtype)
 
 
+#: Dataset name (the ``--dataset`` choices of the command line) -> sampler ``(n, seed=...)``.
 DATASETS = {
     "8gaussians": eight_gaussians,
     "25gaussians": twenty_five_gaussians,

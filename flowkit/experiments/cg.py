@@ -2,26 +2,28 @@
 2023) against SGD, momentum and Adam.
 
 1. The toy saddle of the paper's code, ``U = (1 + x^2)(100 - y^2)`` from ``(2, -4)`` for
-   400 simultaneous iterations (digest sec. 4.4): CG with the FR and PRP rules and
-   coefficients 0.5 and 1 against SGD and momentum 0.5, all with the same step sizes.
+   400 simultaneous iterations (the paper's public code [NI23]): CG with the FR and PRP
+   rules and coefficients 0.5 and 1 against SGD and momentum 0.5, all with the same step sizes.
 2. A small non-saturating GAN on 8 gaussians, discriminator then generator each
    iteration as in the paper's ``main.py``, trained with CG, SGD, momentum and Adam; the
    exact W2 distance (POT ``ot.emd2``, float64, uniform weights) between generated and
    held-out data is tracked over the iterations for several seeds.
 
-Writes ``config.json``, ``results.json``, ``saddle.png`` and ``gan_w2.png``.
+Writes ``config.json``, ``results.json``, ``saddle`` and ``gan_w2`` (PNG and PDF).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from flowkit.experiments._common import integer, launch, number
 from flowkit.nn import MLP
 
 if TYPE_CHECKING:
@@ -34,24 +36,28 @@ _SADDLE_START = (2.0, -4.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--saddle-steps", type=int, default=400, help="saddle iterations")
-    parser.add_argument("--saddle-lr-x", type=float, default=5e-5,
+    positive = number(0, strict=True)
+    parser.add_argument("--saddle-steps", type=integer(1), default=400,
+                        help="saddle iterations")
+    parser.add_argument("--saddle-lr-x", type=positive, default=5e-5,
                         help="step of the min player x (paper grid: 5e-6 .. 5e-5)")
-    parser.add_argument("--saddle-lr-y", type=float, default=5e-5,
+    parser.add_argument("--saddle-lr-y", type=positive, default=5e-5,
                         help="step of the max player y (paper grid: 5e-6 .. 5e-5)")
-    parser.add_argument("--gan-iters", type=int, default=1500, help="GAN iterations")
-    parser.add_argument("--seeds", type=int, default=3, help="GAN seeds: seed, seed+1, ...")
-    parser.add_argument("--lr", type=float, default=0.02, help="step of SGD, momentum and CG")
-    parser.add_argument("--adam-lr", type=float, default=1e-3, help="step of Adam")
-    parser.add_argument("--momentum", type=float, default=0.5, help="heavy-ball momentum")
-    parser.add_argument("--batch", type=int, default=128, help="GAN batch size")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden width of both MLPs")
-    parser.add_argument("--n-eval", type=int, default=512, help="points in each W2 estimate")
-    parser.add_argument("--eval-every", type=int, default=100, help="iterations between W2")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads during the run (tiny networks: 1 is fastest)")
-    parser.add_argument("--quick", action="store_true",
-                        help="short GAN runs, one seed, fewer methods (for tests)")
+    parser.add_argument("--gan-iters", type=integer(1), default=1500, help="GAN iterations")
+    parser.add_argument("--seeds", type=integer(1), default=3,
+                        help="GAN seeds: seed, seed+1, ...")
+    parser.add_argument("--lr", type=positive, default=0.02,
+                        help="step of SGD, momentum and CG")
+    parser.add_argument("--adam-lr", type=positive, default=1e-3, help="step of Adam")
+    parser.add_argument("--momentum", type=number(0, maximum=1), default=0.5,
+                        help="heavy-ball momentum in [0, 1]")
+    parser.add_argument("--batch", type=integer(1), default=128, help="GAN batch size")
+    parser.add_argument("--hidden", type=integer(1), default=64,
+                        help="hidden width of both MLPs")
+    parser.add_argument("--n-eval", type=integer(2), default=512,
+                        help="points in each W2 estimate")
+    parser.add_argument("--eval-every", type=integer(1), default=100,
+                        help="iterations between W2")
 
 
 # --------------------------------------------------------------------------- saddle
@@ -191,86 +197,86 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _saddle_figure(saddle: dict, game_value):
-    import matplotlib.pyplot as plt
+    from flowkit import plotting
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plotting.figure(3, width=7.2, height=2.6)
     xs_all = [p[0] for r in saddle.values() for p in r["path"]]
     ys_all = [p[1] for r in saddle.values() for p in r["path"]]
     pad_x, pad_y = 0.05 * (max(xs_all) - min(xs_all)), 0.1 * (max(ys_all) - min(ys_all))
     xs = torch.linspace(min(xs_all) - pad_x, max(xs_all) + pad_x, 120, dtype=torch.float64)
     ys = torch.linspace(min(ys_all) - pad_y, max(ys_all) + pad_y, 120, dtype=torch.float64)
     X, Y = torch.meshgrid(xs, ys, indexing="xy")
-    axes[0].contour(X, Y, game_value(X, Y), levels=25, linewidths=0.5, colors="0.75")
-    # Several methods coincide (FR capped at 1/2 is heavy ball 1/2): dashes keep them visible.
-    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1))]
-    for (label, res), ls in zip(saddle.items(), styles * 2, strict=False):
-        px, py = zip(*res["path"], strict=True)
-        (line,) = axes[0].plot(px, py, ls=ls, lw=1.4, label=label)
-        kw = {"color": line.get_color(), "ls": ls, "lw": 1.4, "label": label}
-        axes[1].semilogy([abs(v) for v in px], **kw)
-        axes[2].plot([abs(v) for v in py], **kw)
-    axes[0].plot(*_SADDLE_START, "k^", ms=6)
+    axes[0].contour(X, Y, game_value(X, Y), levels=25, linewidths=0.4, colors="0.8")
+    # Several methods coincide (FR capped at 1/2 is heavy ball 1/2): each curve has its
+    # own line style and marker, so coinciding ones stay visible.
+    paths = {label: list(zip(*res["path"], strict=True)) for label, res in saddle.items()}
+    for label, (px, py) in paths.items():
+        axes[0].plot(px, py, label=label)
+    for i, line in enumerate(axes[0].lines):
+        line.set_linestyle(plotting.LINESTYLES[i % len(plotting.LINESTYLES)])
+        line.set_marker(plotting.MARKERS[i % len(plotting.MARKERS)])
+        line.set_markevery((i * 7 % 50, 50))
+    iters = list(range(len(next(iter(saddle.values()))["path"])))
+    plotting.log_axis(axes[1])
+    plotting.plot_curves(axes[1], {label: (iters, [abs(v) for v in px])
+                                   for label, (px, _) in paths.items()})
+    plotting.plot_curves(axes[2], {label: (iters, [abs(v) for v in py])
+                                   for label, (_, py) in paths.items()})
+    axes[0].plot(*_SADDLE_START, "k^", ms=5, label="start (2, -4)")
     axes[0].set_xlabel("x (min player)")
     axes[0].set_ylabel("y (max player)")
-    axes[0].set_title("paths of (1 + x^2)(100 - y^2) from (2, -4)", fontsize=9)
-    axes[1].set_title("|x_n| (curvature 2(100 - y^2) ~ 170)", fontsize=9)
-    axes[2].set_title("|y_n| (curvature 2(1 + x^2) ~ 2 to 10)", fontsize=9)
+    axes[0].set_title("paths on (1 + x$^2$)(100 - y$^2$)")
+    axes[1].set_title("min player (curvature ~ 170)")
+    axes[2].set_title("max player (curvature ~ 2 to 10)")
+    axes[1].set_ylabel("|x$_n$|")
+    axes[2].set_ylabel("|y$_n$|")
     for ax in axes[1:]:
-        ax.set_xlabel("iteration")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_xlabel("iteration n")
+    plotting.place_legend(fig, axes[:1], loc="outside lower center")
     return fig
 
 
 def _gan_figure(gan: dict, floor: float):
-    import matplotlib.pyplot as plt
+    from flowkit import plotting
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for label, runs in gan.items():
-        curves = torch.tensor([r["w2"] for r in runs], dtype=torch.float64)
-        mean = curves.mean(0)
-        spread = curves.std(0) if len(runs) > 1 else torch.zeros_like(mean)
-        iters = runs[0]["iters"]
-        (line,) = ax.plot(iters, mean, label=label)
-        ax.fill_between(iters, mean - spread, mean + spread, alpha=0.2,
-                        color=line.get_color())
-    ax.axhline(floor, color="k", ls=":", lw=0.8, label="data vs data")
-    ax.set_yscale("log")
+    n_seeds = len(next(iter(gan.values())))
+    fig, (ax,) = plotting.figure(width=4.8, height=2.8)
+    plotting.log_axis(ax)
+    plotting.plot_curves(ax, {label: (runs[0]["iters"], [r["w2"] for r in runs])
+                              for label, runs in gan.items()})
+    plotting.reference_line(ax, floor, f"data vs data ({floor:.3f})")
     ax.set_xlabel("iteration (one D step + one G step)")
-    ax.set_ylabel("W2(generated, held-out data)")
-    ax.set_title(f"8 gaussians, non-saturating GAN, mean +- std over {len(runs)} seed(s)",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.set_ylabel("W$_2$(generated, held-out data)")
+    spread = ("1 seed: no band" if n_seeds == 1
+              else f"mean +- std over {n_seeds} seeds")
+    ax.set_title(f"8 gaussians, non-saturating GAN ({spread})")
+    plotting.place_legend(fig)
     return fig
 
 
 # --------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace) -> RunFolder:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from flowkit.runs import RunFolder
-
+def configure(args: argparse.Namespace) -> dict:
+    """``--quick``: 150 GAN iterations, one seed, width 32; one thread by default."""
     if args.quick:
         args.gan_iters = min(args.gan_iters, 150)
         args.seeds = 1
         args.eval_every = min(args.eval_every, 50)
         args.n_eval = min(args.n_eval, 128)
         args.hidden = min(args.hidden, 32)
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    run = RunFolder(args.out, NAME, config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _main(args, run)
-    finally:
-        torch.set_num_threads(threads)
+    if args.threads is None:
+        args.threads = 1  # tiny networks: one thread is the fastest
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
-def _main(args: argparse.Namespace, run: RunFolder) -> RunFolder:
+def main(args: argparse.Namespace) -> RunFolder:
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
+
+
+def run(args: argparse.Namespace, run: RunFolder) -> None:
+    from flowkit import plotting
     from flowkit.games import ProductSaddle
 
     device = torch.device(args.device)
@@ -288,8 +294,8 @@ def _main(args: argparse.Namespace, run: RunFolder) -> RunFolder:
         print(f"{label:<16} {res['final_x']:>10.4f} {res['final_y']:>10.4f} "
               f"{res['final_distance']:>10.4f}")
     game = ProductSaddle()
-    run.savefig(_saddle_figure(saddle, lambda X, Y: (game.a + X**2) * (game.b - Y**2)),
-                "saddle.png")
+    plotting.save_figure(
+        _saddle_figure(saddle, lambda X, Y: (game.a + X**2) * (game.b - Y**2)), run, "saddle")
 
     seeds = [args.seed + i for i in range(args.seeds)]
     gan: dict[str, list[dict]] = {}
@@ -312,11 +318,10 @@ def _main(args: argparse.Namespace, run: RunFolder) -> RunFolder:
         shown = "-" if beta is None else f"{beta:.3f}"
         print(f"{label:<14} {summary[label]['lr']:>7g} {final[0]:>8.4f} +- {final[1]:<6.4f}"
               f"{best[0]:>8.4f} +- {best[1]:<6.4f}{shown:>10} {secs:>6.1f}")
-    run.savefig(_gan_figure(gan, floor), "gan_w2.png")
+    plotting.save_figure(_gan_figure(gan, floor), run, "gan_w2")
     wall = time.perf_counter() - t_start
     run.write_json("results.json", {
         "saddle": saddle, "saddle_wall_time": saddle_time, "gan": gan,
         "gan_summary": summary, "w2_data_vs_data": floor, "wall_time": wall,
     })
     print(f"\nwall time {wall:.1f} s")
-    return run

@@ -10,15 +10,20 @@ so monitoring is *not* counted in the wall time. Step sizes
 are per method (the objectives' gradients have different scales) and are part of the
 configuration.
 
-Writes ``config.json``, ``results.json``, ``w2_time.png`` and ``particles.png``.
+Writes ``config.json``, ``results.json``, ``w2_time`` (W2 against steps and against wall
+time, log axes: a method's slow first step does not squeeze the others) and ``particles``
+(final particles over the data), each as PNG and PDF.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
+
+from flowkit.experiments._common import integer, launch, number
 
 NAME = "divergences"
 HELP = "MMD (3 kernels), energy, Sinkhorn and Algorithm 1 flows to 25 gaussians: W2 vs time"
@@ -35,17 +40,17 @@ STEP_SIZES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=500, help="particles N = data points M")
-    parser.add_argument("--seconds", type=float, default=15.0,
+    parser.add_argument("--n", type=integer(2), default=500, help="particles N = data points M")
+    parser.add_argument("--seconds", type=number(0, strict=True), default=15.0,
                         help="wall-clock budget per method (monitoring excluded)")
-    parser.add_argument("--chunk", type=int, default=20,
+    parser.add_argument("--chunk", type=integer(1), default=20,
                         help="largest number of steps between W2 evaluations")
-    parser.add_argument("--max-steps", type=int, default=3000, help="step cap per method")
-    parser.add_argument("--step-sizes", type=float, nargs=len(STEP_SIZES), default=None,
-                        help="step sizes in the order " + ", ".join(STEP_SIZES))
-    parser.add_argument("--critic-steps", type=int, default=5,
+    parser.add_argument("--max-steps", type=integer(1), default=3000,
+                        help="step cap per method")
+    parser.add_argument("--step-sizes", type=number(0, strict=True), nargs=len(STEP_SIZES),
+                        default=None, help="step sizes in the order " + ", ".join(STEP_SIZES))
+    parser.add_argument("--critic-steps", type=integer(1), default=5,
                         help="Algorithm 1: Adam steps per outer step (T_0)")
-    parser.add_argument("--quick", action="store_true", help="tiny run for tests")
 
 
 def _objectives(data: torch.Tensor, args: argparse.Namespace) -> dict:
@@ -91,22 +96,27 @@ def _flow(label: str, objective, eta: float, x0: torch.Tensor, data: torch.Tenso
             "final_particles": x.cpu()}
 
 
-def main(args: argparse.Namespace):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import flowkit as fk
-    from flowkit.runs import RunFolder
-
+def configure(args: argparse.Namespace) -> dict:
+    """``--quick``: 60 points, 2 steps per method."""
     if args.quick:
         args.n, args.seconds, args.chunk, args.max_steps = min(args.n, 60), 0.05, 2, 2
         args.critic_steps = min(args.critic_steps, 2)
     sizes = dict(zip(STEP_SIZES, args.step_sizes)) if args.step_sizes else dict(STEP_SIZES)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config["step_sizes_used"] = sizes
-    run = RunFolder(args.out, NAME, config)
+    return config
+
+
+def main(args: argparse.Namespace):
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
+
+
+def run(args: argparse.Namespace, run) -> None:
+    import flowkit as fk
+    from flowkit import plotting
+
+    sizes = dict(zip(STEP_SIZES, args.step_sizes)) if args.step_sizes else dict(STEP_SIZES)
     device = torch.device(args.device)
     data = fk.datasets.twenty_five_gaussians(args.n, seed=args.seed, device=device)
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -125,28 +135,24 @@ def main(args: argparse.Namespace):
     run.write_json("results.json", {"w2_data_vs_data": floor, "runs": [
         {k: v for k, v in r.items() if k != "final_particles"} for r in results]})
 
-    fig, ax = plt.subplots(figsize=(5.8, 3.6))
-    for r in results:
-        ax.semilogy(r["seconds"], r["w2"], lw=1.2, label=r["label"])
-    ax.axhline(floor, color="gray", ls=":", lw=1, label="data vs fresh data")
-    ax.set_xlabel("wall time (s, monitoring excluded)")
-    ax.set_ylabel("W$_2$ to the data")
-    ax.set_title(f"Flows to 25 gaussians from one start (N = {args.n})", fontsize=10)
-    ax.legend(fontsize=7)
-    run.savefig(fig, "w2_time.png", dpi=100)
-    plt.close(fig)
+    fig, (by_step, by_time) = plotting.figure(2, width=7.0, height=2.8, sharey=True)
+    # step 0 / time 0 cannot sit on a log axis: both panels start at the first step
+    plotting.plot_curves(by_step, {r["label"]: (r["steps"][1:], r["w2"][1:]) for r in results})
+    plotting.plot_curves(by_time, {r["label"]: (r["seconds"][1:], r["w2"][1:])
+                                   for r in results})
+    for ax in (by_step, by_time):
+        plotting.log_axis(ax, "x")
+        plotting.log_axis(ax, "y")
+        plotting.reference_line(ax, floor, f"data vs fresh data ({floor:.3f})")
+    by_step.set_xlabel("outer steps")
+    by_time.set_xlabel("wall time [s] (monitoring excluded)")
+    by_step.set_ylabel("W$_2$ to the data (data units)")
+    fig.suptitle(f"Flows to 25 gaussians from one start (N = {args.n}; start W$_2$ = "
+                 f"{results[0]['w2'][0]:.2f})")
+    plotting.place_legend(fig, [by_step], loc="outside lower center")
+    plotting.save_figure(fig, run, "w2_time")
 
-    fig, axes = plt.subplots(1, len(results), figsize=(2.0 * len(results), 2.2))
-    d = data.cpu()
-    for ax, r in zip(axes, results):
-        p = r["final_particles"]
-        ax.scatter(d[:, 0], d[:, 1], s=2, c="lightgray")
-        ax.scatter(p[:, 0], p[:, 1], s=2, c="C3")
-        ax.set_title(r["label"], fontsize=7)
-        ax.set_xlim(-2, 2)
-        ax.set_ylim(-2, 2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    run.savefig(fig, "particles.png", dpi=90)
-    plt.close(fig)
-    return run
+    fig = plotting.plot_snapshots({r["label"]: r["final_particles"] for r in results},
+                                  data.cpu(), lim=2.0, step_label="",
+                                  title="Final particles over the data")
+    plotting.save_figure(fig, run, "particles")

@@ -1,27 +1,32 @@
 """``flowkit reproduce games``: local rates of game dynamics, predicted against measured.
 
-Liang & Stokes (2019) explain the local behaviour of GAN dynamics by the interaction term
-``C`` of the game's Jacobian (digest sec. 3). This experiment checks the rate predictions
-of :mod:`flowkit.games` against runs:
+Liang & Stokes (2019) [LS19] explain the local behaviour of GAN dynamics by the interaction
+term ``C`` of the game's Jacobian. This experiment checks the rate predictions of
+:mod:`flowkit.games` against runs:
 
 1. the rate table: on ``U = x^T C y`` with ``C = U diag(sigmas) V^T`` (random rotations
-   from the seed), for every dynamics and step size, the closed form of digest sec. 3.3,
+   from the seed), for every dynamics and step size, the closed form per singular value
+   of ``C`` (docs/games.md),
    the spectral radius of the linearized update and the rate fitted to a run;
-2. OMD on ``C = I`` against the values printed in the digest;
+2. OMD on ``C = I`` against the rates computed by hand from the characteristic roots of
+   its linearization;
 3. the figure "interaction matters": rate against ``||C||`` for SGA on a stable quadratic
    game (fixed and tuned step size: more interaction, slower) and for OMD, CO, PM and EG on
    a bilinear one (no interaction, no convergence).
 
-Writes ``config.json``, ``rates.json`` and ``interaction.png`` to a run folder.
+Writes ``config.json``, ``results.json`` and ``interaction`` (PNG and PDF) to a run folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING
 
 import torch
+
+from flowkit.experiments._common import integer, launch, number
 
 if TYPE_CHECKING:
     from flowkit.runs import RunFolder
@@ -29,23 +34,22 @@ if TYPE_CHECKING:
 NAME = "games"
 HELP = "game dynamics: predicted vs measured local rates on bilinear games (Liang & Stokes)"
 
-# OMD on C = I, digest sec. 3.3 (computed there from the characteristic roots).
-_DIGEST_OMD = {0.1: 0.99494, 0.3: 0.94868, 0.5: 0.70711, 0.6: 1.0574}
+# OMD on C = I: rates computed by hand from the characteristic roots of its linearization.
+_EXPECTED_OMD = {0.1: 0.99494, 0.3: 0.94868, 0.5: 0.70711, 0.6: 1.0574}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--etas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.6],
+    positive = number(0, strict=True)
+    parser.add_argument("--etas", type=positive, nargs="+", default=[0.1, 0.3, 0.5, 0.6],
                         help="step sizes of the rate table")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 0.8, 1.0],
+    parser.add_argument("--sigmas", type=positive, nargs="+", default=[0.5, 0.8, 1.0],
                         help="singular values of C in the rate table")
-    parser.add_argument("--gamma", type=float, default=0.1, help="CO consensus weight")
-    parser.add_argument("--prediction-step", type=float, default=1.0,
+    parser.add_argument("--gamma", type=positive, default=0.1, help="CO consensus weight")
+    parser.add_argument("--prediction-step", type=positive, default=1.0,
                         help="PM prediction step (PM = EG when it equals eta)")
-    parser.add_argument("--steps", type=int, default=3000, help="steps of each run")
-    parser.add_argument("--figure-eta", type=float, default=0.4,
+    parser.add_argument("--steps", type=integer(10), default=3000, help="steps of each run")
+    parser.add_argument("--figure-eta", type=positive, default=0.4,
                         help="step size of the bilinear panel of the figure")
-    parser.add_argument("--quick", action="store_true",
-                        help="two step sizes, short runs, a coarse figure (for tests)")
 
 
 def _orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -100,7 +104,7 @@ def _omd_identity(etas: list[float], steps: int, device: torch.device) -> list[d
     rows = []
     for eta in etas:
         row = _row(game, games.OMD(eta), z0, [1.0, 1.0], steps)
-        row["digest"] = _DIGEST_OMD.get(round(eta, 6))
+        row["expected"] = _EXPECTED_OMD.get(round(eta, 6))
         rows.append(row)
     return rows
 
@@ -144,24 +148,26 @@ def _interaction_curves(args: argparse.Namespace, n_points: int, n_measured: int
 
 
 def _figure(curves: dict):
-    import matplotlib.pyplot as plt
+    from flowkit import plotting
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plotting.figure(2, width=7.0, height=4.0)
     titles = {"stable": "stable quadratic game (A = B = I): SGA",
               "bilinear": f"bilinear game, eta = {curves['eta']:g}"}
     for ax, panel in zip(axes, ("stable", "bilinear"), strict=True):
-        for label, entry in curves[panel].items():
-            (line,) = ax.plot(curves["strength"], entry["predicted"], label=label)
+        entries = curves[panel]
+        plotting.plot_curves(ax, {f"{label} (predicted)": (curves["strength"], e["predicted"])
+                                  for label, e in entries.items()}, markevery=10_000)
+        for line, (label, entry) in zip(ax.lines, entries.items(), strict=False):
             xs, ys = zip(*entry["measured"], strict=True)
-            ax.plot(xs, ys, "o", ms=4, color=line.get_color())
-        ax.axhline(1.0, color="k", lw=0.8, ls=":")
-        ax.set_title(titles[panel], fontsize=9)
-        ax.set_xlabel("interaction strength ||C||")
+            ax.plot(xs, ys, ls="none", marker="o", mfc="none", color=line.get_color(),
+                    label=f"{label} (measured)")
+        plotting.reference_line(ax, 1.0, "rate 1: no convergence")
+        ax.set_title(titles[panel])
+        ax.set_xlabel("interaction strength ||C|| (spectral norm)")
+        ax.set_ylabel("local rate per step")
         ax.set_ylim(*((0.0, 1.1) if panel == "stable" else (0.5, 1.3)))
-        ax.legend(fontsize=7, loc="lower left")
-    axes[0].set_ylabel("local rate (line: predicted, dot: measured)")
-    fig.suptitle("Interaction matters (Liang & Stokes 2019)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("Interaction matters (Liang & Stokes 2019): lines predicted, circles measured")
+    plotting.place_legend(fig, loc="outside lower center")
     return fig
 
 
@@ -175,13 +181,13 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def main(args: argparse.Namespace) -> RunFolder:
-    import matplotlib
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
 
-    matplotlib.use("Agg")
-    from flowkit.runs import RunFolder
 
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    run = RunFolder(args.out, NAME, config)
+def run(args: argparse.Namespace, run: RunFolder) -> None:
+    from flowkit import plotting
+
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     etas = args.etas[:2] if args.quick else args.etas
@@ -195,17 +201,16 @@ def main(args: argparse.Namespace) -> RunFolder:
     print(f"largest |measured - predicted| = {max(r['abs_error'] for r in rows):.2e}")
 
     omd = _omd_identity(etas, steps, device)
-    print("\nOMD on C = I against the digest (sec. 3.3)")
+    print("\nOMD on C = I against the rates from the characteristic roots")
     for r in omd:
-        digest = "-" if r["digest"] is None else f"{r['digest']:g}"
+        expected = "-" if r["expected"] is None else f"{r['expected']:g}"
         print(f"  eta = {r['eta']:<4g} predicted {r['predicted']:.5f}  measured "
-              f"{r['measured']:.5f}  digest {digest}")
+              f"{r['measured']:.5f}  expected {expected}")
 
     curves = _interaction_curves(args, 12 if args.quick else 40, 4 if args.quick else 8,
                                  min(steps, 2000), device, gen)
-    run.savefig(_figure(curves), "interaction.png")
+    plotting.save_figure(_figure(curves), run, "interaction")
     wall = time.perf_counter() - t0
-    run.write_json("rates.json", {"C": C, "table": rows, "omd_identity": omd,
+    run.write_json("results.json", {"C": C, "table": rows, "omd_identity": omd,
                                   "interaction": curves, "wall_time": wall})
     print(f"\nwall time {wall:.1f} s")
-    return run

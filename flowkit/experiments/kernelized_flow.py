@@ -1,5 +1,5 @@
 """``flowkit reproduce kernelized-flow``: a generator trained by gradient descent on MMD^2
-against the same generator trained by the parametric kernelized flow (digest 2.2).
+against the same generator trained by the parametric kernelized flow (Mroueh & Nguyen 2021 [MN21]).
 
 Both start from the same weights (an MLP from a 2-D Gaussian latent to the plane) and see
 the same latent batches; the target is 8 gaussians. Plain gradient descent takes
@@ -10,33 +10,37 @@ a reconstruction of Mroueh & Nguyen 2021, see its docstring). MMD^2 is recorded 
 step on that step's batch; the exact W2 between ``--n-eval`` generated points and as many
 held-out data points every ``--eval-every`` steps.
 
-Writes ``config.json``, ``results.json`` and ``curves.png``.
+Writes ``config.json``, ``results.json`` and ``curves`` (PNG and PDF).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
+
+from flowkit.experiments._common import integer, launch, number
 
 NAME = "kernelized-flow"
 HELP = "generator on 8 gaussians: gradient descent vs the parametric kernelized MMD flow"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=300, help="parameter updates")
-    parser.add_argument("--batch", type=int, default=256, help="latent samples per step")
-    parser.add_argument("--data", type=int, default=1000, help="target points")
-    parser.add_argument("--hidden", type=int, default=64, help="generator MLP width")
-    parser.add_argument("--bandwidth", type=float, default=0.5, help="Gaussian kernel h")
-    parser.add_argument("--eta-gd", type=float, default=5.0, help="gradient-descent step")
-    parser.add_argument("--eta", type=float, default=0.5, help="kernelized-flow step")
-    parser.add_argument("--lam", type=float, default=1e-3, help="kernelized-flow lambda")
-    parser.add_argument("--cg-iters", type=int, default=20, help="CG iterations per step")
-    parser.add_argument("--n-eval", type=int, default=500, help="points in each W2")
-    parser.add_argument("--eval-every", type=int, default=25, help="steps between W2")
-    parser.add_argument("--quick", action="store_true", help="tiny run for tests")
+    positive = number(0, strict=True)
+    parser.add_argument("--steps", type=integer(1), default=300, help="parameter updates")
+    parser.add_argument("--batch", type=integer(2), default=256, help="latent samples per step")
+    parser.add_argument("--data", type=integer(2), default=1000, help="target points")
+    parser.add_argument("--hidden", type=integer(1), default=64, help="generator MLP width")
+    parser.add_argument("--bandwidth", type=positive, default=0.5, help="Gaussian kernel h")
+    parser.add_argument("--eta-gd", type=positive, default=5.0, help="gradient-descent step")
+    parser.add_argument("--eta", type=positive, default=0.5, help="kernelized-flow step")
+    parser.add_argument("--lam", type=positive, default=1e-3, help="kernelized-flow lambda")
+    parser.add_argument("--cg-iters", type=integer(1), default=20,
+                        help="CG iterations per step")
+    parser.add_argument("--n-eval", type=integer(2), default=500, help="points in each W2")
+    parser.add_argument("--eval-every", type=integer(1), default=25, help="steps between W2")
 
 
 def _train(solver: str, args: argparse.Namespace, data: torch.Tensor, held_out: torch.Tensor,
@@ -72,21 +76,24 @@ def _train(solver: str, args: argparse.Namespace, data: torch.Tensor, held_out: 
             "n_params": flow.n_params}
 
 
-def main(args: argparse.Namespace):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import flowkit as fk
-    from flowkit.runs import RunFolder
-
+def configure(args: argparse.Namespace) -> dict:
+    """``--quick``: 4 steps of a width-16 generator on 200 points."""
     if args.quick:
         args.steps, args.batch, args.data = min(args.steps, 4), min(args.batch, 32), 200
         args.hidden, args.n_eval, args.eval_every = min(args.hidden, 16), 64, 2
         args.cg_iters = min(args.cg_iters, 5)
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    run = RunFolder(args.out, NAME, config)
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+
+def main(args: argparse.Namespace):
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
+
+
+def run(args: argparse.Namespace, run) -> None:
+    import flowkit as fk
+    from flowkit import plotting
+
     device = torch.device(args.device)
     data = fk.datasets.eight_gaussians(args.data, seed=args.seed, device=device)
     held_out = fk.datasets.eight_gaussians(args.n_eval, seed=args.seed + 100, device=device)
@@ -105,16 +112,16 @@ def main(args: argparse.Namespace):
               f"{r['train_seconds'] / args.steps:>8.3f}")
     run.write_json("results.json", results)
 
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.2))
-    for label, r in results.items():
-        axes[0].semilogy(r["history"]["step"], r["history"]["mmd2"], lw=1, label=label)
-        axes[1].plot(r["w2_steps"], r["w2"], marker="o", ms=3, lw=1, label=label)
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("MMD$^2$ (batch)")
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("W$_2$ to held-out data")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("Generator on 8 gaussians: gradient descent vs kernelized flow", fontsize=10)
-    run.savefig(fig, "curves.png", dpi=100)
-    plt.close(fig)
-    return run
+    fig, axes = plotting.figure(2, width=6.6, height=2.6)
+    plotting.log_axis(axes[0])
+    plotting.plot_curves(axes[0], {label: (r["history"]["step"], r["history"]["mmd2"])
+                                   for label, r in results.items()})
+    plotting.plot_curves(axes[1], {label: (r["w2_steps"], r["w2"])
+                                   for label, r in results.items()})
+    axes[0].set_xlabel("parameter update")
+    axes[0].set_ylabel("MMD$^2$ on the step's batch")
+    axes[1].set_xlabel("parameter update")
+    axes[1].set_ylabel("W$_2$ to held-out data (data units)")
+    fig.suptitle("Generator on 8 gaussians: gradient descent vs kernelized flow")
+    plotting.place_legend(fig, axes[:1], loc="outside lower center")
+    plotting.save_figure(fig, run, "curves")

@@ -19,19 +19,23 @@ same critic configuration and initial weights, n_critic = 5) for the same number
 steps :math:`T T_0`, and tabulates W2 against critic steps for both. Algorithm 2 is
 checked on ``10 x`` fresh base samples.
 
-Writes ``config.json``, ``results.json``, ``table.md``, ``figure2.png`` (steps 0, 25, 50,
-100 and the data), ``wgangp.png`` (the baseline at the same critic steps) and ``w2.png``.
+Writes ``config.json``, ``results.json``, ``table.md``, ``figure2`` (steps 0, 25, 50, 100
+over the data), ``wgangp`` (the baseline at the same critic steps) and ``w2``, each figure
+as PNG and PDF.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from flowkit.experiments._common import integer, launch
 
 NAME = "toy"
 HELP = "Algorithm 1 vs WGAN-GP on 8 gaussians / 25 gaussians / swiss roll (paper sec. 7)"
@@ -293,44 +297,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minibatches from the particle pool (fast) or fresh base samples "
                              "pushed through all layers at every critic step (Algorithm 1 as "
                              "printed, O(T^2 T_0))")
-    parser.add_argument("--steps", type=int, default=None, help="outer steps T (default 100)")
-    parser.add_argument("--critic-steps", type=int, default=None,
+    parser.add_argument("--steps", type=integer(1), default=None,
+                        help="outer steps T (default 100)")
+    parser.add_argument("--critic-steps", type=integer(1), default=None,
                         help="critic steps per layer T_0 (default 5 * datasize / 50)")
-    parser.add_argument("--hidden", type=int, default=None,
+    parser.add_argument("--hidden", type=integer(1), default=None,
                         help="critic width (default 128; 512 for 25gaussians)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the WGAN-GP baseline")
     parser.add_argument("--save-layers", action="store_true",
                         help="write every gradient layer to <run>/layers/ (Algorithm 2 from disk)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: 1 for critics narrower than "
-                             f"{WIDE_CRITIC}, whose matrices are too small to share; torch's "
-                             "own default, all cores, for wider ones)")
-    parser.add_argument("--quick", action="store_true",
-                        help="T=20, T_0=10, width 64, 2x fresh samples (tests)")
+    parser.epilog = ("--quick: T=20, T_0=10, width 64, 2x fresh samples. --threads default: "
+                     f"1 for critics narrower than {WIDE_CRITIC}, whose matrices are too small "
+                     "to share; torch's own default, all cores, for wider ones.")
 
 
-def main(args: argparse.Namespace):
-    import matplotlib
+def folder_name(args: argparse.Namespace) -> str:
+    """``toy-<dataset>``."""
+    return f"toy-{args.dataset}"
 
-    matplotlib.use("Agg")
-    import flowkit as fk
-    from flowkit.plotting import plot_metrics, plot_snapshots
 
+def configure(args: argparse.Namespace) -> dict:
+    """The paper's configuration with the command line's changes (checked here)."""
     cfg = toy_config(args.dataset, quick=args.quick, outer_steps=args.steps,
                      critic_steps=args.critic_steps, hidden=args.hidden, mode=args.mode,
                      baseline=not args.no_baseline, seed=args.seed, device=args.device)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    threads = torch.get_num_threads()
-    wanted = args.threads or (1 if cfg.hidden < WIDE_CRITIC else threads)
-    run = fk.RunFolder(args.out, f"toy-{cfg.dataset}",
-                       {**asdict(cfg), "threads": wanted, "quick": args.quick})
-    torch.set_num_threads(wanted)
-    try:
-        out = run_toy(cfg, progress=not args.no_progress,
-                      history_dir=str(run.path / "layers") if args.save_layers else None)
-    finally:
-        torch.set_num_threads(threads)
+    if args.threads is None:
+        args.threads = 1 if cfg.hidden < WIDE_CRITIC else torch.get_num_threads()
+    args._toy_config = cfg
+    return asdict(cfg)
+
+
+def main(args: argparse.Namespace):
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
+
+
+def run(args: argparse.Namespace, run) -> None:
+    from flowkit import plotting
+
+    cfg = args._toy_config
+    out = run_toy(cfg, progress=not args.no_progress,
+                  history_dir=str(run.path / "layers") if args.save_layers else None)
 
     table = format_table(out["table"])
     fresh = out["algorithm2_fresh"]
@@ -367,21 +374,23 @@ def main(args: argparse.Namespace):
     run.write_json("results.json", {k: v for k, v in out.items() if not k.startswith("_")})
 
     lim = 1.0
-    title = f"Algorithm 1, {cfg.dataset}: outer steps"
-    run.savefig(plot_snapshots(out["_snapshots"], out["_data"], title=title, lim=lim),
-                "figure2.png", dpi=80)
+    title = f"Algorithm 1, {cfg.dataset}"
+    plotting.save_figure(plotting.plot_snapshots(out["_snapshots"], out["_data"], title=title,
+                                                 lim=lim, step_label="outer step"),
+                         run, "figure2")
     if "wgan_gp" in out:
         snaps = {s * cfg.critic_steps: x for s, x in out["_baseline_snapshots"].items()}
-        run.savefig(plot_snapshots(snaps, out["_data"], lim=lim,
-                                   title=f"WGAN-GP, {cfg.dataset}: critic steps"),
-                    "wgangp.png", dpi=80)
+        plotting.save_figure(plotting.plot_snapshots(snaps, out["_data"], lim=lim,
+                                                     title=f"WGAN-GP, {cfg.dataset}",
+                                                     step_label="critic step"),
+                             run, "wgangp")
     rows = out["table"]
     curves = {"Algorithm 1": ([r["critic_steps"] for r in rows], [r["alg1_W2"] for r in rows])}
     if "wgan_gp" in out:
         base = [r for r in rows if "wgan_W2" in r]
         curves["WGAN-GP"] = ([r["critic_steps"] for r in base], [r["wgan_W2"] for r in base])
-    curves[f"fresh data draw ({cfg.size} pts)"] = ([0, rows[-1]["critic_steps"]],
-                                                  [out["reference_W2"]["W2_n"]] * 2)
-    run.savefig(plot_metrics(curves, xlabel="critic steps", ylabel="W2 to the data",
-                             title=f"{cfg.dataset}"), "w2.png", dpi=80)
-    return run
+    reference = {f"fresh data draw ({cfg.size} points)": out["reference_W2"]["W2_n"]}
+    plotting.save_figure(plotting.plot_metrics(curves, xlabel="critic steps",
+                                               ylabel="W$_2$ to the data (scaled data units)",
+                                               title=f"{cfg.dataset}", references=reference),
+                         run, "w2")

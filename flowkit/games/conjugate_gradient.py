@@ -40,8 +40,14 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from flowkit.validation import check_choice
+
 __all__ = ["ConjugateGradient", "conjugate_beta", "BETA_RULES"]
 
+# where the cap enters the Hager-Zhang rule: "after" (the paper), "code" (its public code)
+_HZ_CAPS = ("after", "code")
+
+#: Names accepted by ``beta=``: the conjugate-gradient coefficients of [NI23].
 BETA_RULES = ("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")
 
 
@@ -76,7 +82,9 @@ def _segment_sums(g: Tensor, g_prev: Tensor, d_prev: Tensor, ids: Tensor, k: int
     return dict(zip(("gg", "pp", "gy", "dy", "yy", "gd"), sums, strict=True))
 
 
-def _beta_from_sums(rule: str, s: dict, mu: float) -> Tensor:
+def _beta_from_sums(rule: str, s: dict, mu: float, hs_cap: float | None = None) -> Tensor:
+    """The rule's beta from the inner products; ``hs_cap`` caps HS inside HZ (code order)."""
+
     def fr() -> Tensor:
         return _ratio(s["gg"], s["pp"])
 
@@ -96,7 +104,8 @@ def _beta_from_sums(rule: str, s: dict, mu: float) -> Tensor:
         "DY": dy,
         "HS_DY": lambda: torch.clamp(torch.minimum(hs(), dy()), min=0),
         "FR_PRP": lambda: torch.clamp(torch.minimum(fr(), prp()), min=0),
-        "HZ": lambda: hs() - mu * _ratio(s["yy"] * s["gd"], s["dy"] * s["dy"]),
+        "HZ": lambda: ((hs() if hs_cap is None else torch.clamp(hs(), max=hs_cap))
+                       - mu * _ratio(s["yy"] * s["gd"], s["dy"] * s["dy"])),
     }
     return rules[rule]()
 
@@ -162,6 +171,13 @@ class ConjugateGradient(torch.optim.Optimizer):
         Multiplies the capped beta (the paper sweeps {0.5, 0.75, 1}).
     beta_cap : float or None
         Upper cap applied before ``beta_coeff``; ``None`` disables it.
+    hz_cap : {"after", "code"}
+        Where the cap enters the Hager-Zhang rule. ``"after"`` (default) is the formula
+        of the paper, ``min(beta_HS - mu ||y||^2 g^T d / (d^T y)^2, beta_cap)``: the
+        bound ``beta_n <= 1/2`` of its analysis constrains the coefficient actually used.
+        ``"code"`` reproduces the paper's public code, which caps ``beta_HS`` at
+        ``beta_cap`` *before* subtracting the correction (and caps the result again);
+        the two differ whenever ``beta_HS > beta_cap``. Only ``beta="HZ"`` reads it.
     per_tensor : bool
         Compute beta for each parameter tensor (as the paper's code does) or once per
         parameter group from the inner products summed over its tensors (the textbook CG
@@ -184,9 +200,9 @@ class ConjugateGradient(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 1e-3,
                  beta: str | float = "FR", beta_coeff: float = 1.0,
                  beta_cap: float | None = 0.5, per_tensor: bool = True, mu: float = 2.0,
-                 maximize: bool = False):
+                 maximize: bool = False, hz_cap: str = "after"):
         defaults = dict(lr=lr, beta=beta, beta_coeff=beta_coeff, beta_cap=beta_cap,
-                        per_tensor=per_tensor, mu=mu, maximize=maximize)
+                        per_tensor=per_tensor, mu=mu, maximize=maximize, hz_cap=hz_cap)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -198,6 +214,7 @@ class ConjugateGradient(torch.optim.Optimizer):
         if group["beta_cap"] is not None:
             group["beta_cap"] = _check_number(group["beta_cap"], "beta_cap")
         group["mu"] = _check_number(group["mu"], "mu")
+        group["hz_cap"] = check_choice(group["hz_cap"], "hz_cap", _HZ_CAPS)
         group["per_tensor"] = bool(group["per_tensor"])
         group["maximize"] = bool(group["maximize"])
 
@@ -252,7 +269,8 @@ class ConjugateGradient(torch.optim.Optimizer):
             ids = self._segment_ids(sizes, per_tensor, g.device)
             sums = _segment_sums(g, _flat([self.state[p]["prev_grad"] for p, _ in old]), d, ids,
                                  len(old) if per_tensor else 1)
-            beta = self._finish_beta(group, _beta_from_sums(rule, sums, group["mu"]))
+            hs_cap = group["beta_cap"] if group["hz_cap"] == "code" else None
+            beta = self._finish_beta(group, _beta_from_sums(rule, sums, group["mu"], hs_cap))
             d.mul_(beta[ids]).sub_(g)
             betas = list(beta.unbind()) if per_tensor else [beta[0]] * len(old)
         for (p, _), d_p, g_p, b in zip(old, d.split(sizes), g.split(sizes), betas, strict=True):

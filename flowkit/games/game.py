@@ -309,10 +309,10 @@ class GANGame(Game):
         one logit per point, shape ``(N,)`` or ``(N, 1)``. Modules whose forward pass
         mutates buffers (batch norm in training mode) are not supported by
         :mod:`torch.func`.
-    data : Tensor, shape (M, *event)
+    data : Tensor, shape ``(M, *event)``
         Real samples.
     value : {"original", "wgan", "non-saturating"}
-    latent : Tensor, shape (K, *latent_shape)
+    latent : Tensor, shape ``(K, *latent_shape)``
         The fixed latent batch fed to the generator (keyword only).
     """
 

@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["PowerLR", "lr_schedule", "LR_RULES"]
 
+#: Names accepted by :func:`lr_schedule`.
 LR_RULES = ("constant", "sqrt", "power")
 
 

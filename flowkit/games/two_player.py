@@ -110,9 +110,10 @@ class TwoPlayerOptimizer:
 def two_player_cg(min_params: Sequence[Tensor], max_params: Sequence[Tensor], *,
                   lr_min: float, lr_max: float, mode: str = "simultaneous",
                   first: str = "max", **cg_options: object) -> TwoPlayerOptimizer:
-    """CG for both players (Naganuma & Iiduka 2023 [NI23]): the generator with
+    """CG for both players (Naganuma & Iiduka 2023 [NI23], sec. 4.2): the generator with
     step ``a_n = lr_min``, the discriminator with ``b_n = lr_max``; ``cg_options`` (beta,
-    beta_coeff, beta_cap, per_tensor, mu) go to both :class:`ConjugateGradient`s."""
+    beta_coeff, beta_cap, per_tensor, mu, hz_cap) go to both :class:`ConjugateGradient`
+    optimizers."""
     return TwoPlayerOptimizer(
         ConjugateGradient(min_params, lr=lr_min, **cg_options),
         ConjugateGradient(max_params, lr=lr_max, **cg_options),

@@ -12,7 +12,7 @@ def test_games_experiment_quick(tmp_path, capsys):
     args = build_parser().parse_args(
         ["reproduce", "games", "--quick", "--out", str(tmp_path), "--steps", "400"])
     run = args._module.main(args)
-    results = json.loads((run.path / "rates.json").read_text())
+    results = json.loads((run.path / "results.json").read_text())
     assert (run.path / "interaction.png").stat().st_size > 10_000
     rows = results["table"]
     assert {r["dynamics"] for r in rows} == {"SGA", "AltGDA", "OMD", "CO", "PM", "IU", "EG"}

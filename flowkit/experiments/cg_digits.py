@@ -1,0 +1,252 @@
+r"""``flowkit reproduce cg-digits``: conjugate gradient for GANs against SGD, momentum and
+Adam, on 8 x 8 digits.
+
+Naganuma & Iiduka (2023) [NI23] train a GAN with the nonlinear conjugate gradient method
+(:class:`flowkit.games.ConjugateGradient`: the FR, PRP, HS, DY, HZ rules and the hybrids
+HS_DY, FR_PRP, with ``beta`` capped at 1/2) and claim it beats SGD and momentum SGD in best
+FID and Adam on average. Here: the DCGAN of ``flowkit reproduce digits`` (batch norm in the
+generator only; the discriminator is the same network with a logit output) with the
+non-saturating loss, discriminator then generator at each iteration (as in the paper's
+code), every method with a sweep of learning rates (one of the paper's rules, constant by
+default, or :math:`a/\sqrt n`) and several seeds; FD (:mod:`flowkit.metrics`) on 1000 samples
+against the held-out digits every ``--eval-every`` iterations.
+
+Per run the *best* FD over the evaluations is kept. Per method: "best" = the lowest over
+learning rates and seeds (the paper's top-1); "mean" = at the learning rate with the lowest
+seed-mean, the mean and standard deviation over seeds (our stand-in for the paper's top-10
+mean). Writes ``config.json``, ``results.json``, ``table.md`` and ``fd.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+NAME = "cg-digits"
+HELP = "CG (FR/PRP/HS/DY/HZ/hybrids) vs SGD, momentum, Adam on a DCGAN for 8x8 digits (FD)"
+
+CG_RULES = ("FR", "PRP", "HS", "DY", "HZ", "HS_DY", "FR_PRP")
+LRS = {"sgd": (0.01, 0.02, 0.05), "adam": (5e-5, 1e-4, 2e-4)}
+MOMENTUM = 0.5
+TIE = 0.01  # relative FD difference below which two methods tie
+
+
+def methods(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Method name -> optimiser spec (kind and options)."""
+    out: dict[str, dict[str, Any]] = {
+        "SGD": {"kind": "sgd"},
+        f"momentum {MOMENTUM:g}": {"kind": "sgd", "momentum": MOMENTUM},
+        "Adam": {"kind": "adam"},
+    }
+    for rule in (("FR", "PRP") if quick else CG_RULES):
+        out[f"CG-{rule}"] = {"kind": "cg", "beta": rule}
+    return out
+
+
+def _optimizer(params: list[torch.Tensor], lr: float, spec: dict) -> torch.optim.Optimizer:
+    from flowkit.games import ConjugateGradient
+
+    options = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] == "cg":
+        return ConjugateGradient(params, lr=lr, **options)
+    if spec["kind"] == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+    return torch.optim.SGD(params, lr=lr, **options)
+
+
+def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torch.Tensor,
+          metrics) -> dict[str, Any]:
+    """One non-saturating GAN run; FD and IS on fixed latents every ``eval_every``."""
+    from flowkit.critics.dcgan import DCGANCritic
+    from flowkit.experiments.digits import samples
+    from flowkit.games import TwoPlayerOptimizer, lr_schedule
+    from flowkit.generators.dcgan import DCGANGenerator
+
+    # the same seed gives every method the same networks, batches and evaluation latents
+    g = torch.Generator().manual_seed(seed)
+    G = DCGANGenerator(args.latent_dim, args.width, seed=seed)
+    D = DCGANCritic(args.width, seed=seed + 1)
+    z_eval = torch.randn(args.n_eval, args.latent_dim, generator=g)
+    opt_g, opt_d = _optimizer(list(G.parameters()), lr, spec), _optimizer(
+        list(D.parameters()), lr, spec)
+    schedules = [lr_schedule(o, args.lr_rule) for o in (opt_g, opt_d)]
+    opt = TwoPlayerOptimizer(opt_g, opt_d, mode="alternating", first="max")
+    softplus = nn.functional.softplus  # BCE with logits: -log sigmoid(t) = softplus(-t)
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        real = data[torch.randint(len(data), (args.batch,), generator=g)]
+        fake = G(torch.randn(args.batch, args.latent_dim, generator=g))
+        d_fake = D(fake)
+        loss_d = softplus(-D(real)).mean() + softplus(d_fake).mean()
+        return softplus(-d_fake).mean(), loss_d
+
+    def evaluate() -> dict[str, float]:
+        x = samples(G, z_eval)
+        if not bool(torch.isfinite(x).all()):
+            return {"IS": float("nan"), "FD": float("inf")}
+        return metrics(x, w2=False)
+
+    iters, fd, is_ = [0], [], []
+    m = evaluate()
+    fd.append(m["FD"])
+    is_.append(m["IS"])
+    start = time.perf_counter()
+    for it in range(1, args.iters + 1):
+        opt.step(losses)
+        for s in schedules:
+            s.step()
+        if it % args.eval_every == 0 or it == args.iters:
+            m = evaluate()
+            iters.append(it)
+            fd.append(m["FD"])
+            is_.append(m["IS"])
+    finite = [v for v in fd if v == v and v != float("inf")]
+    return {"iters": iters, "FD": fd, "IS": is_, "best_FD": min(finite, default=float("inf")),
+            "wall_time": time.perf_counter() - start}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
+
+
+def summarize(results: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, Any]]:
+    """Per method: best FD over lrs and seeds, and seed mean +- std at the best lr."""
+    out = {}
+    for name, by_lr in results.items():
+        means = {lr: _mean_std([r["best_FD"] for r in runs]) for lr, runs in by_lr.items()}
+        best_lr = min(means, key=lambda lr: means[lr][0])
+        out[name] = {"best": min(r["best_FD"] for runs in by_lr.values() for r in runs),
+                     "best_lr": best_lr, "mean": means[best_lr][0], "std": means[best_lr][1],
+                     "mean_by_lr": {str(lr): v for lr, v in means.items()}}
+    return out
+
+
+def verdicts(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The two claims of [NI23] at this scale, with the numbers."""
+    cg = {k: v for k, v in summary.items() if k.startswith("CG-")}
+    if not cg:
+        return ["no CG method was run"]
+    best_cg = min(cg, key=lambda k: cg[k]["best"])
+    rivals = [k for k in summary if k == "SGD" or k.startswith("momentum")]
+
+    def margin(k: str) -> float:
+        # below 1% or the seed spread, a difference is a tie
+        return max(TIE * summary[k]["best"], summary[k]["std"], cg[best_cg]["std"])
+
+    beat = all(cg[best_cg]["best"] < summary[k]["best"] - margin(k) for k in rivals)
+    lines = [f"Claim 1 (CG beats SGD and momentum in best FD): "
+             f"{'SUPPORTED' if beat else 'NOT SUPPORTED'} at this scale: best CG "
+             f"({best_cg}) {cg[best_cg]['best']:.2f} vs "
+             + ", ".join(f"{k} {summary[k]['best']:.2f}" for k in rivals)
+             + " (a win needs a margin of 1% and of the seed spread)"]
+    if "Adam" in summary:
+        adam = summary["Adam"]
+        better = [k for k in cg if cg[k]["mean"] + cg[k]["std"] < adam["mean"] - adam["std"]]
+        lines.append(
+            f"Claim 2 (CG beats Adam on average): {'SUPPORTED' if better else 'NOT SUPPORTED'}"
+            f" at this scale: Adam {adam['mean']:.2f} +- {adam['std']:.2f}; CG variants whose "
+            f"mean +- std lies entirely below it: {', '.join(better) or 'none'} (best CG mean "
+            f"{min(v['mean'] for v in cg.values()):.2f})")
+    return lines
+
+
+def format_table(summary: dict[str, dict[str, Any]], real_fd: float) -> str:
+    lines = ["| method | best FD (top-1 over lrs, seeds) | mean +- std over seeds (best lr) "
+             "| best lr |", "|---|---:|---:|---:|"]
+    for name, s in sorted(summary.items(), key=lambda kv: kv[1]["mean"]):
+        lines.append(f"| {name} | {s['best']:.2f} | {s['mean']:.2f} +- {s['std']:.2f} | "
+                     f"{s['best_lr']:g} |")
+    lines.append(f"| real vs real (1000 train vs 797 held-out) | {real_fd:.2f} | | |")
+    return "\n".join(lines)
+
+
+def figure(results: dict[str, dict[str, list[dict]]], summary: dict, real_fd: float):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, by_lr in results.items():
+        runs = by_lr[summary[name]["best_lr"]]
+        y = torch.tensor([r["FD"] for r in runs], dtype=torch.float64).clamp(max=1e4)
+        x = runs[0]["iters"]
+        line, = ax.plot(x, y.mean(0), label=f"{name} (lr {summary[name]['best_lr']:g})")
+        if len(runs) > 1:
+            ax.fill_between(x, y.min(0).values, y.max(0).values, alpha=0.15,
+                            color=line.get_color())
+    ax.axhline(real_fd, color="k", ls=":", lw=1, label="real vs real")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration (one D step + one G step)")
+    ax.set_ylabel("FD to held-out digits")
+    ax.set_title("DCGAN on 8x8 digits: best lr per method, min-max band over seeds",
+                 fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--iters", type=int, default=1000, help="GAN iterations per run")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds: seed, seed+1, ...")
+    parser.add_argument("--eval-every", type=int, default=200, help="iterations between FDs")
+    parser.add_argument("--lr-rule", choices=["constant", "sqrt"], default="constant",
+                        help="learning-rate rule of [NI23]: a, or a / sqrt(n)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32, help="DCGAN width (both networks)")
+    parser.add_argument("--n-eval", type=int, default=1000, help="samples per FD")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true",
+                        help="30 iterations, one seed, one lr, SGD/momentum/Adam/CG-FR/CG-PRP")
+
+
+def main(args: argparse.Namespace):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flowkit.metrics import DigitsMetrics
+    from flowkit.runs import RunFolder
+
+    t_start = time.perf_counter()
+    if args.quick:
+        args.iters, args.seeds, args.eval_every = min(args.iters, 30), 1, 15
+        args.n_eval, args.width = min(args.n_eval, 200), min(args.width, 16)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    run = RunFolder(args.out, NAME, config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        metrics = DigitsMetrics()
+        data = metrics.split.train_images
+        real_fd = metrics.real_vs_real()["FD"]
+        results: dict[str, dict[str, list[dict]]] = {}
+        for name, spec in methods(args.quick).items():
+            lrs = LRS["adam" if spec["kind"] == "adam" else "sgd"]
+            lrs = lrs[1:2] if args.quick else lrs
+            results[name] = {lr: [train(spec, lr, args.seed + i, args, data, metrics)
+                                  for i in range(args.seeds)] for lr in lrs}
+            if not args.no_progress:
+                best = min(r["best_FD"] for runs in results[name].values() for r in runs)
+                print(f"  {name}: best FD {best:.2f}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    summary = summarize(results)
+    lines = verdicts(summary)
+    wall = time.perf_counter() - t_start
+    text = "\n".join([format_table(summary, real_fd), "", *lines, "",
+                      f"{len(results)} methods x {len(next(iter(results.values())))} lrs x "
+                      f"{args.seeds} seeds x {args.iters} iterations ({args.lr_rule} lr); "
+                      f"wall time {wall:.1f} s"])
+    print(text)
+    (run.file("table.md")).write_text(text + "\n", encoding="utf-8")
+    run.write_json("results.json", {"summary": summary, "verdicts": lines, "real_FD": real_fd,
+                                    "runs": {k: {str(lr): v for lr, v in by.items()}
+                                             for k, by in results.items()},
+                                    "total_wall_time": wall})
+    run.savefig(figure(results, summary, real_fd), "fd.png", dpi=80)
+    return run
