@@ -4,4 +4,5 @@ import sys
 
 from flowkit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not on import (tools that import every module)
+    sys.exit(main())
