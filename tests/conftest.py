@@ -3,6 +3,10 @@ import os
 # KeOps (pulled in by POT when pykeops is installed) prints to stdout on import; keep the
 # doc-output tests independent of what else is installed.
 os.environ.setdefault("KEOPS_VERBOSE", "0")
+# Triton reads this once, when it is first imported (by any test module, or by torch): set it
+# before anything imports it, so the fused kernels run in Triton's interpreter on a machine
+# without a GPU (tests/test_triton.py).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import matplotlib  # noqa: E402
 import pytest  # noqa: E402

@@ -19,11 +19,14 @@ from flowkit.backends import native
 __all__ = ["BACKENDS", "DEFAULT_MEMORY_BUDGET", "block_rows", "check_backend",
            "check_blocking", "route"]
 
-DEFAULT_MEMORY_BUDGET = 2**28  # bytes of temporaries per block (256 MiB)
+#: Bytes of temporaries one block of a reduction may use (256 MiB) unless told otherwise.
+DEFAULT_MEMORY_BUDGET = 2**28
+#: The backends a reduction can be asked for; ``"auto"`` lets :func:`route` choose.
 BACKENDS = ("auto", "torch", "native", "keops", "triton")
 
 
 def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError`` naming it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend

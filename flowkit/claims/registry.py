@@ -124,7 +124,9 @@ def claims(only: Iterable[str] | None = None) -> list[Claim]:
     """The registered claims in registration order, or those named in ``only``."""
     _load()
     if only is None:
-        return list(REGISTRY.values())
+        # the table's order, whatever order the claim modules happened to be imported in
+        return sorted(REGISTRY.values(), key=lambda c: _MODULES.index(
+            c.check.__module__.rpartition(".")[2]))
     only = list(only)
     unknown = [i for i in only if i not in REGISTRY]
     if unknown:
