@@ -98,7 +98,7 @@ def make_wgan(cfg: DigitsConfig, data: Tensor, seed: int, generator=None, net=No
     from flowkit.critics.dcgan import DCGANCritic
 
     net = DCGANCritic(cfg.critic_width, seed=seed + 1) if net is None else net
-    critic = fk.critics.WGANGPCritic(penalty="two-sided", lam=cfg.lam, lr=cfg.lr,
+    critic = fk.critics.WGANGPCritic(penalty="two-sided", penalty_weight=cfg.lam, lr=cfg.lr,
                                      betas=cfg.betas, batch_size=cfg.batch_size,
                                      steps=cfg.n_critic, net=net, seed=seed + 2)
     generator = make_generator(cfg, seed) if generator is None else generator
@@ -212,15 +212,15 @@ def run_algorithm1(cfg: DigitsConfig, data: Tensor, ckpt: dict[str, Any], metric
     gen = gan.generator.eval()
     if critic_kind == "wgan-gp":
         critic: Any = fk.critics.WGANGPCritic(
-            penalty="two-sided", lam=cfg.lam, lr=cfg.alg1_lr, betas=cfg.betas,
+            penalty="two-sided", penalty_weight=cfg.lam, lr=cfg.alg1_lr, betas=cfg.betas,
             batch_size=cfg.batch_size, steps=cfg.critic_steps,
             net=copy.deepcopy(gan.critic.net), seed=seed + 4)
     else:
         features = DCGANCritic(cfg.critic_width, cfg.mmd_features, seed=seed + 5)
         critic = fk.critics.MMDCritic(features, fk.kernels.Gaussian(cfg.mmd_bandwidth),
-                                      cfg.mmd_penalty, lr=cfg.mmd_lr, betas=cfg.betas,
-                                      batch_size=cfg.batch_size, steps=cfg.critic_steps,
-                                      seed=seed + 4)
+                                      penalty_weight=cfg.mmd_penalty, lr=cfg.mmd_lr,
+                                      betas=cfg.betas, batch_size=cfg.batch_size,
+                                      steps=cfg.critic_steps, seed=seed + 4)
     objective = fk.objectives.AdversarialObjective(
         critic, data, "paper", LatentBase(gen, cfg.latent_dim), output_map=torch.tanh,
         seed=seed + 6)
