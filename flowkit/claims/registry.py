@@ -26,6 +26,7 @@ from flowkit.validation import check_choice, check_int
 __all__ = ["Claim", "Outcome", "Context", "ClaimResult", "REGISTRY", "register", "claims",
            "run_claims", "VERDICTS"]
 
+#: The verdicts a claim can get: it holds, it fails, or the run cannot tell.
 VERDICTS = ("holds", "fails", "inconclusive")
 
 
@@ -98,6 +99,7 @@ class Claim:
     check: Callable[[Context], Outcome]
 
 
+#: Claim id -> :class:`Claim`, filled by :func:`register` as the claim modules are imported.
 REGISTRY: dict[str, Claim] = {}
 
 
