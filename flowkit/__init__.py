@@ -25,6 +25,7 @@ from flowkit.serialization import UntrustedFileError
 from flowkit import datasets, geometry, kernels, monitors, nn, objectives, theory
 from flowkit import critics, games, generators
 from flowkit import plotting
+from flowkit import flows
 from flowkit.runs import RunFolder
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "critics",
     "games",
     "generators",
+    "flows",
 ]

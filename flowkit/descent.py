@@ -104,7 +104,9 @@ class FlowResult:
     n_steps : int
         Steps taken.
     stop_reason : str
-        ``"n_steps"`` or ``"tolerance"``.
+        ``"n_steps"`` or ``"tolerance"``, or the step rule's reason when it stopped the run
+        (``"line_search"`` for :class:`~flowkit.flows.optimizers.Armijo`, ``"converged"``
+        for :class:`~flowkit.flows.optimizers.LBFGS`).
     wall_time : float
         Seconds, including monitors.
     weights : Tensor or None
@@ -181,6 +183,17 @@ class FunctionalGradientDescent:
     noise_seed : int
         Seed of the per-layer noise seeds, for objectives with a ``temperature``
         (Langevin-type layers); the layers' seeds are drawn from it in order.
+    step_rule : StepRule, optional
+        How the step is taken beyond Algorithm 3's ``x - eta g``: a rule of
+        :mod:`flowkit.flows.optimizers` (:class:`~flowkit.flows.optimizers.Armijo`
+        backtracking, whose accepted step is the layer's ``eta``;
+        :class:`~flowkit.flows.optimizers.Momentum`; :class:`~flowkit.flows.optimizers.LBFGS`).
+        ``step_size`` must then be a constant (Armijo's first trial, the momentum step,
+        L-BFGS's ``lr``); the rule's state is checkpointed. Rules that are not per-sample
+        maps (momentum, L-BFGS) refuse ``keep_layers=True``; no rule takes a noisy
+        (``temperature``) objective. Theorem 1's certificate
+        (:func:`flowkit.theory.theorem1_certificate`) holds for the fixed step only, never
+        for a run with a step rule.
 
     Examples
     --------
@@ -198,7 +211,7 @@ class FunctionalGradientDescent:
                  callbacks: Sequence[Callable[[FlowState], None]] = (), tol: float | None = None,
                  keep_layers: bool = True, progress: bool = True, check_every: int | None = None,
                  record_value: bool = False, max_growth: float | None = 1e3,
-                 on_growth: str = "raise", noise_seed: int = 0):
+                 on_growth: str = "raise", noise_seed: int = 0, step_rule: Any = None):
         if not isinstance(objective, FunctionalObjective):
             raise TypeError(
                 f"objective must be a flowkit.FunctionalObjective, got {type(objective).__name__}"
@@ -227,6 +240,7 @@ class FunctionalGradientDescent:
         self.check_every = check_every
         self.record_value = bool(record_value)
         self.max_growth = max_growth
+        self.step_rule = self._check_step_rule(step_rule)
 
     # ------------------------------------------------------------------ public API
     def run(self, x0: Tensor, n_steps: int, *, weights: Tensor | None = None,
@@ -260,6 +274,8 @@ class FunctionalGradientDescent:
                  "elapsed": 0.0, "stop_reason": None, "scale_ref": self._reference_scale(x0),
                  "noise_rng": noise.get_state(),
                  "config_start": ckpt.config_digest(self.objective) if writer else None}
+        if self.step_rule is not None:
+            self.step_rule.reset()
         self.objective.on_run_start(resumed=False)
         return self._loop(state, writer)
 
@@ -334,11 +350,48 @@ class FunctionalGradientDescent:
                               segments=segments, same_as=path)
         if writer is not None and segments:
             ckpt.copy_segments(path, writer.path, segments)
+        self._restore_step_rule(state.get("step_rule"), path)
         set_rng_state(payload["rng"], state["particles"].device)
         self.objective.on_run_start(resumed=True)
         return self._loop(state, writer)
 
     # ------------------------------------------------------------------ internals
+    def _check_step_rule(self, rule: Any) -> Any:
+        if rule is None:
+            return None
+        from flowkit.flows.optimizers import StepRule
+
+        if not isinstance(rule, StepRule):
+            raise TypeError(f"step_rule must be a flowkit.flows.optimizers.StepRule (Armijo, "
+                            f"Momentum, LBFGS), got {type(rule).__name__}")
+        name = type(rule).__name__
+        if self.keep_layers and not rule.keeps_layers:
+            raise ValueError(
+                f"keep_layers=True cannot be used with step_rule={name}: its update is not a "
+                f"per-sample map of the current particles ({rule.no_layers_reason}), so no "
+                "layer stack replays it; pass keep_layers=False")
+        if callable(self.step_size):
+            raise ValueError(f"step_size must be a constant with step_rule={name} (the rule "
+                             "chooses the steps), not a schedule")
+        if rule.needs_value and type(self.objective).value is FunctionalObjective.value:
+            raise TypeError(f"step_rule={name} needs the objective's value, and "
+                            f"{type(self.objective).__name__} defines none")
+        if self.objective.temperature is not None:
+            raise ValueError(f"step_rule={name} cannot take a noisy objective (temperature "
+                             "set): the rules assume a deterministic step")
+        return rule
+
+    def _restore_step_rule(self, saved: dict[str, Any] | None, path: Path) -> None:
+        rule = self.step_rule
+        then = None if saved is None else saved["rule"]
+        now = None if rule is None else repr(rule)
+        if then != now:
+            raise ckpt.CheckpointError(f"checkpoint {path} was run with step_rule={then}, "
+                                       f"this engine has step_rule={now}")
+        if rule is not None:
+            rule.reset()
+            rule.load_state_dict(saved["state"])
+
     def _updates_weights(self) -> bool:
         return type(self.objective).update_weights is not FunctionalObjective.update_weights
 
@@ -478,6 +531,13 @@ class FunctionalGradientDescent:
                 if self.tol is not None and float(pending["grad_norm2"][-1]) <= self.tol:
                     state["stop_reason"] = "tolerance"
                     break
+                moved = None
+                if self.step_rule is not None:
+                    taken = self.step_rule.step(objective, x, w, g, eta)
+                    if taken is None:
+                        state["stop_reason"] = self.step_rule.stop_reason
+                        break
+                    moved, eta = taken
                 noisy = {}
                 if objective.temperature is not None:
                     seed = int(torch.randint(0, 2**62, (1,), generator=noise))
@@ -487,10 +547,11 @@ class FunctionalGradientDescent:
                 if writer is not None and not writer.probed:
                     writer.probe(layer if layers is not None else None)
                 trace["step_size"].append(eta)  # only steps actually taken
-                moved = x - eta * g
-                xi = layer.noise(x)
-                if xi is not None:
-                    moved = moved + xi
+                if moved is None:
+                    moved = x - eta * g
+                    xi = layer.noise(x)
+                    if xi is not None:
+                        moved = moved + xi
                 if updates_weights:
                     w = objective.update_weights(x, w, psi, eta)
                 x = moved
@@ -511,6 +572,9 @@ class FunctionalGradientDescent:
                     flush()
                     state.update(step=k, particles=x, weights=w, noise_rng=noise.get_state(),
                                  elapsed=time.perf_counter() - t0)
+                    if self.step_rule is not None:
+                        state["step_rule"] = {"rule": repr(self.step_rule),
+                                              "state": self.step_rule.state_dict()}
                     writer.save(state)
         finally:
             bar.close()

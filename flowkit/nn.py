@@ -14,7 +14,7 @@ from flowkit.validation import check_choice, check_int
 __all__ = ["MLP", "ACTIVATIONS"]
 
 _LEAKY_SLOPE = 0.2
-#: Activation name -> factory of the module; the names ``MLP(activation=...)`` accepts.
+#: The activations :class:`MLP` accepts by name, each a constructor of a fresh module.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE),

@@ -56,7 +56,7 @@ from flowkit.validation import check_int
 __all__ = ["CHECKS", "ObjectiveReport", "check_objective", "particles", "kernels",
            "smooth_objectives", "bilinear_games", "quadratic_games"]
 
-#: Names of the checks :func:`check_objective` runs, in order (select with ``checks=``).
+#: The names of the checks :func:`check_objective` runs, in order (its ``skip`` takes them).
 CHECKS = ("shapes", "convention", "first_variation", "descent", "permutation", "dtype",
           "device", "no_mutation", "validate", "pickle")
 

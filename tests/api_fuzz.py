@@ -262,8 +262,8 @@ def _objective_entries() -> list[Entry]:
     for name, (make, good, kinds) in makers.items():
         out.append(Entry(f"objectives.{name}", make, good, kinds))
         for method in ("functional_gradient", "first_variation", "value"):
-            if method == "value" and name in ("NoisyMMDFlow",):
-                continue
+            if method == "value" and name in ("NoisyMMDFlow", "SobolevDescent"):
+                continue  # no value is defined (NotImplementedError, documented)
 
             def call(x, _make=make, _good=good, _method=method):
                 objective = _make(**{k: v() for k, v in _good.items()})
@@ -271,8 +271,9 @@ def _objective_entries() -> list[Entry]:
                 # a potential is judged by what it gives at the particles
                 return result.grad(x) if _method == "first_variation" else result
 
-            out.append(Entry(f"objectives.{name}.{method}", call, {"x": _x},
-                             {"x": "particles"}))
+            # without a target, any event shape is a valid sample
+            kind = "sample" if name == "InteractionEnergy" else "particles"
+            out.append(Entry(f"objectives.{name}.{method}", call, {"x": _x}, {"x": kind}))
     return out
 
 
@@ -388,7 +389,7 @@ def _game_entries() -> list[Entry]:
     out.append(Entry("games.run", lambda n_steps: g.run(
         g.Bilinear(torch.eye(2, dtype=torch.float64)), g.SGA(0.1),
         torch.ones(4, dtype=torch.float64), n_steps).final,
-        {"n_steps": lambda: 5}, {"n_steps": "count"}))
+        {"n_steps": lambda: 5}, {"n_steps": "count0"}))
     return out
 
 

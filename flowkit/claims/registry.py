@@ -26,7 +26,8 @@ from flowkit.validation import check_choice, check_int
 __all__ = ["Claim", "Outcome", "Context", "ClaimResult", "REGISTRY", "register", "claims",
            "run_claims", "VERDICTS"]
 
-#: The verdicts a claim can get: it holds, it fails, or the run cannot tell.
+#: The verdicts a check can return: the claim holds, fails (with a counterexample), or the
+#: check cannot decide (e.g. a rate whose constants the paper does not give).
 VERDICTS = ("holds", "fails", "inconclusive")
 
 
@@ -99,7 +100,7 @@ class Claim:
     check: Callable[[Context], Outcome]
 
 
-#: Claim id -> :class:`Claim`, filled by :func:`register` as the claim modules are imported.
+#: Every registered claim by id, in registration order (filled by :func:`register`).
 REGISTRY: dict[str, Claim] = {}
 
 

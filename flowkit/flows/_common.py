@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from flowkit.kernels import (
-    DEFAULT_MEMORY_BUDGET,
-    Kernel,
-    _check_blocking,
-    _torch_reduce,
-    block_rows,
-)
+from flowkit.backends import DEFAULT_MEMORY_BUDGET, block_rows, check_blocking
+from flowkit.backends import torch as torch_backend
+from flowkit.kernels import Kernel
 from flowkit.validation import check_weights
 
 Score = Callable[[Tensor], Tensor]
@@ -41,12 +37,14 @@ def resolve_score(score: Score | None, log_density: Callable[[Tensor], Tensor] |
     return _AutogradScore(log_density)
 
 
-class _AutogradScore:
-    # a class, not a closure, so objectives holding it pickle into checkpoints
+class _AutogradScore(nn.Module):
+    # a flowkit module, not a closure: objectives and layers holding it pickle into
+    # checkpoints and layer files, and load without trusted_classes for this class
     def __init__(self, log_density: Callable[[Tensor], Tensor]):
+        super().__init__()
         self.log_density = log_density
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         with torch.enable_grad():
             keep = x.requires_grad
             z = x if keep else x.detach().requires_grad_(True)
@@ -82,8 +80,10 @@ def kernel_matvec(x: Tensor, y: Tensor, kernel: Kernel, V: Tensor, *,
     kernel sum (``kernel_sum`` reduces one weight vector; SVGD needs ``K = d`` of them).
 
     Blocked over rows of ``x`` like :func:`flowkit.kernels.kernel_sum`, differentiable.
+    :class:`flowkit.geometry.PointCloud` reduces one weight vector per pass, so this runs
+    the torch backend's block reduction directly (one pass for all ``K`` columns).
     """
-    _check_blocking(block_size, memory_budget)
+    check_blocking(block_size, memory_budget)
     x2, y2 = x.flatten(1), y.flatten(1)
     center = y2.mean(0, keepdim=True)  # translation invariance: accurate float32 distances
     x2, y2 = x2 - center, y2 - center
@@ -91,4 +91,6 @@ def kernel_matvec(x: Tensor, y: Tensor, kernel: Kernel, V: Tensor, *,
     if kernel.singular_at_zero:
         raise ValueError(f"kernel {kernel!r} is not differentiable at 0; use Gaussian or "
                          "InverseMultiquadric")
-    return _torch_reduce(x2, y2, V, kernel.profile, rows)
+    y_sq = y2.pow(2).sum(1)
+    out = [torch_backend.reduce(xb, y2, V, kernel.profile, False, y_sq) for xb in x2.split(rows)]
+    return torch.cat(out) if len(out) > 1 else out[0]

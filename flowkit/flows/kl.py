@@ -8,8 +8,12 @@ is the Fokker-Planck equation :math:`\partial_t\mu = \nabla\cdot(\mu\nabla V) + 
 (a) **Unadjusted Langevin** ([JKO98]'s diffusion, discretized by Euler-Maruyama; Roberts &
     Tweedie 1996 [RobertsTweedie96]):
     :math:`x \leftarrow x + \eta\nabla\log\pi(x) + \sqrt{2\eta/\beta}\,\xi`,
-    :math:`\xi\sim\mathcal N(0, I)` from a seeded ``torch.Generator`` (:func:`langevin`);
-    ``beta`` is the inverse temperature (1: the KL flow).
+    :math:`\xi\sim\mathcal N(0, I)`; ``beta`` is the inverse temperature (1: the KL
+    flow). In the engine this is :class:`Langevin`: first variation :math:`V = -\log\pi`
+    and ``temperature = beta``, so every layer adds the seeded noise
+    :math:`\sqrt{2\eta/\beta}\,\xi` and the stack replays; :func:`langevin_step` is the
+    reference step (one generator, tested step by step against the engine) and
+    :func:`langevin` its standalone loop.
 
 (b) **The blob method** (Carrillo, Craig & Patacchini 2019 [CCP19], sec. 1): the
     entropy is regularized by a mollifier :math:`\varphi_\delta` (here the Gaussian density
@@ -42,11 +46,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from flowkit.backends import check_blocking
 from flowkit.flows._common import Score, checked_score, resolve_score, uniform_or_checked_weights
 from flowkit.kernels import (
     DEFAULT_MEMORY_BUDGET,
     Gaussian,
-    _check_blocking,
     kernel_grad_sum,
     kernel_sum,
 )
@@ -60,12 +64,10 @@ from flowkit.validation import (
     check_positive,
 )
 
-__all__ = ["langevin_step", "langevin", "LangevinResult", "ou_moments", "ula_moments",
-           "BlobPotential", "BlobKL"]
+__all__ = ["langevin_step", "langevin", "LangevinResult", "Langevin", "ScorePotential",
+           "ou_moments", "ula_moments", "BlobPotential", "BlobKL"]
 
 
-# ENGINE HOOK (noise): the engine's Langevin option adds exactly this step's noise term
-# sqrt(2 eta / beta) xi after its gradient step; this function is the reference for it.
 def langevin_step(x: Tensor, score: Tensor, step_size: float, generator: torch.Generator,
                   beta: float = 1.0) -> Tensor:
     r"""One ULA step :math:`x + \eta\, s + \sqrt{2\eta/\beta}\,\xi` given the score ``s`` at
@@ -109,8 +111,9 @@ def langevin(x0: Tensor, step_size: float, n_steps: int, *, score: Score | None 
 
     Notes
     -----
-    Engine hook (not wired): with the generalized contract this is the engine's noise
-    option on any potential-gradient objective; ``V`` here enters only through its score.
+    The reference loop, one generator for all steps. :class:`Langevin` under
+    :class:`flowkit.FunctionalGradientDescent` takes the same steps with per-layer seeded
+    noise (monitors, checkpoints, replayable layers).
     """
     check_particles(x0, "x0")
     eta = check_positive(step_size, "step_size")
@@ -129,6 +132,69 @@ def langevin(x0: Tensor, step_size: float, n_steps: int, *, score: Score | None 
         if snapshot_every and (k + 1) % snapshot_every == 0:
             snaps.append(x)
     return LangevinResult(x, n_steps, time.perf_counter() - t0, snaps)
+
+
+class ScorePotential(Potential):
+    r""":math:`V = -\log\pi`: value from ``log_density`` (if given), gradient ``-score``."""
+
+    def __init__(self, score: Score, log_density: Callable[[Tensor], Tensor] | None):
+        super().__init__()
+        self.score, self.log_density = score, log_density
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.log_density is None:
+            raise NotImplementedError("V = -log pi needs log_density; this target was given "
+                                      "by its score only")
+        return -self.log_density(z)
+
+    def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        if create_graph:
+            return super().grad(z, create_graph=True)
+        return -self.score(z)
+
+
+class Langevin(FunctionalObjective):
+    r"""Unadjusted Langevin toward :math:`\pi` as an engine objective (noise layers).
+
+    The first variation is :math:`V = -\log\pi` (the potential-energy part of
+    :math:`\mathrm{KL}(\mu\,|\,\pi)`, whose entropy part the noise supplies) and
+    ``temperature = beta``: each engine step is
+    :math:`x - \eta\nabla V(x) + \sqrt{2\eta/\beta}\,\xi`, i.e. :func:`langevin_step`
+    with the layer's seeded generator. It has no value (the KL of an empirical measure is
+    not defined), so no descent property: the law of the particles, not the particles,
+    follows the flow (:func:`ou_moments`, :func:`ula_moments`). Weights are accepted and do
+    not change :math:`V`.
+
+    Parameters
+    ----------
+    score, log_density : callable
+        The target's score or log-density (exactly one needed; both allowed).
+    beta : float
+        Inverse temperature :math:`\beta > 0`.
+
+    Examples
+    --------
+    >>> import torch, flowkit as fk, flowkit.flows
+    >>> flow = fk.FunctionalGradientDescent(fk.flows.Langevin(score=lambda x: -x), 0.01,
+    ...                                     progress=False, noise_seed=0)
+    >>> len(flow.run(torch.randn(100, 1) + 2.0, 5).layers)
+    5
+    """
+
+    def __init__(self, score: Score | None = None, *,
+                 log_density: Callable[[Tensor], Tensor] | None = None, beta: float = 1.0):
+        if log_density is not None and not callable(log_density):
+            raise TypeError(f"log_density must be callable, got {type(log_density).__name__}")
+        self.score = resolve_score(score, None if score is not None else log_density)
+        self.log_density = log_density
+        self.temperature = check_positive(beta, "beta")
+
+    def validate(self, x: Tensor) -> None:
+        check_particles(x, "x")
+        checked_score(self.score, x.detach())  # once per run, not per step
+
+    def first_variation(self, x: Tensor, weights: Tensor | None = None) -> ScorePotential:
+        return ScorePotential(self.score, self.log_density)
 
 
 def _check_gaussian(mean: Tensor, cov: Tensor, name: str) -> None:
@@ -248,11 +314,9 @@ class BlobKL(FunctionalObjective):
         self.score = resolve_score(score, None) if score is not None else \
             resolve_score(None, log_density)
         self.bandwidth = check_positive(bandwidth, "bandwidth")
-        _check_blocking(block_size, memory_budget)
+        check_blocking(block_size, memory_budget)
         self._kw = {"block_size": block_size, "memory_budget": memory_budget}
 
-    # ENGINE HOOK (weights): takes the particle weights already; the engine's
-    # functional_gradient(x, w) is first_variation(x, w).grad(x).
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> BlobPotential:
         w = uniform_or_checked_weights(weights, x)
         return BlobPotential(x, w, self.bandwidth, self.score, self.log_density, self._kw)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flowkit.backends import block_rows, check_blocking
 from flowkit.flows._common import Score, checked_score, resolve_score, uniform_or_checked_weights
 from flowkit.kernels import (
     DEFAULT_MEMORY_BUDGET,
@@ -42,8 +43,6 @@ from flowkit.kernels import (
     InverseMultiquadric,
     Kernel,
     SumKernel,
-    _check_blocking,
-    block_rows,
 )
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
@@ -109,7 +108,7 @@ def _stein_rows(z: Tensor, sz: Tensor, y: Tensor, sy: Tensor, wy: Tensor, kernel
 
 
 def _rows(m: Tensor, block_size: int | None, memory_budget: int) -> int:
-    _check_blocking(block_size, memory_budget)
+    check_blocking(block_size, memory_budget)
     return block_size or block_rows(m.shape[0], m.element_size(), memory_budget, _BUFFERS)
 
 
@@ -220,7 +219,7 @@ class KSD(FunctionalObjective):
                  memory_budget: int = DEFAULT_MEMORY_BUDGET):
         self.score = resolve_score(score, log_density)
         self.kernel = _check_kernel(Gaussian(1.0) if kernel is None else kernel)
-        _check_blocking(block_size, memory_budget)
+        check_blocking(block_size, memory_budget)
         self._kw = {"block_size": block_size, "memory_budget": memory_budget}
 
     def validate(self, x: Tensor) -> None:
@@ -228,8 +227,6 @@ class KSD(FunctionalObjective):
         if x.dim() != 2:
             raise ValueError(f"x must have shape (N, d), got {tuple(x.shape)}")
 
-    # ENGINE HOOK (weights): takes the particle weights already; the engine's
-    # functional_gradient(x, w) is first_variation(x, w).grad(x).
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> SteinPotential:
         self.validate(x)
         w = uniform_or_checked_weights(weights, x)

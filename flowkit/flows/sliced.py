@@ -46,11 +46,16 @@ __all__ = ["random_projections", "sliced_wasserstein2", "SlicedPotential", "Slic
 
 def random_projections(d: int, n_projections: int, generator: torch.Generator, *,
                        dtype: torch.dtype = torch.float32, device: Any = "cpu") -> Tensor:
-    """``(d, L)`` matrix of directions uniform on the sphere (normalized Gaussian columns)."""
+    """``(d, L)`` matrix of directions uniform on the sphere (normalized Gaussian columns).
+
+    Drawn in float64 on the generator's device, then moved to ``dtype`` and ``device``: the
+    same seed gives the same directions (to rounding) in every dtype and on every device.
+    """
     d = check_int(d, "d")
     n_projections = check_int(n_projections, "n_projections")
-    theta = torch.randn(d, n_projections, generator=generator, dtype=dtype, device=device)
-    return theta / theta.norm(dim=0, keepdim=True)
+    theta = torch.randn(d, n_projections, generator=generator, dtype=torch.float64,
+                        device=generator.device)
+    return (theta / theta.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
 
 
 def _check_projections(projections: Tensor, x: Tensor) -> Tensor:
@@ -213,8 +218,9 @@ class SlicedWasserstein(FunctionalObjective):
                                  "projections with it")
         self.resample = bool(resample)
         seed = check_seed(seed)
+        # an int seeds a CPU generator: the directions do not depend on the device
         self.generator = seed if isinstance(seed, torch.Generator) else torch.Generator(
-            device=target.device).manual_seed(seed)
+            ).manual_seed(seed)
         self.projections = projections if projections is not None else self._draw()
 
     def _draw(self) -> Tensor:
@@ -225,8 +231,6 @@ class SlicedWasserstein(FunctionalObjective):
         check_particles(x, "x")
         check_compatible(x, self.target, "x", "target")
 
-    # ENGINE HOOK (weights): takes the particle weights already; the engine's
-    # functional_gradient(x, w) is first_variation(x, w).grad(x).
     def first_variation(self, x: Tensor, weights: Tensor | None = None) -> SlicedPotential:
         w = uniform_or_checked_weights(weights, x)
         target = self._target()

@@ -10,8 +10,11 @@ For a target :math:`\pi` known through its score :math:`s = \nabla\log\pi` and p
 for a radial kernel (where :math:`\nabla_y k(y, x) = -\nabla_1 k(x, y)`), and a step is
 ``x <- x + eta phi*(x)``. It is the steepest descent direction of :math:`KL(\mu\,|\,\pi)` in
 the RKHS unit ball, *not* the gradient of a potential evaluable from the particles alone:
-in flowkit's contract it is a velocity field. The engine hook for velocity fields is not
-wired yet (see :class:`SVGD`): this module gives the field and a standalone loop.
+in flowkit's contract it is a velocity field: :class:`SVGD` is a
+:class:`flowkit.FunctionalObjective` overriding ``velocity``, so
+:class:`flowkit.FunctionalGradientDescent` stacks replayable
+:class:`flowkit.layers.VelocityLayer` s ``x - eta v(x)`` with ``v = -phi*`` (frozen at the
+step's particles, scores, weights and kernel, so a layer evaluates anywhere).
 
 Both sums run blocked: ``sum_j w_j k(x_i, y_j) s_j`` through a vector-valued kernel sum and
 ``sum_j w_j grad_1 k(x_i, y_j)`` through :func:`flowkit.kernels.kernel_grad_sum`; no
@@ -25,11 +28,10 @@ pairwise distance, i.e. ``Gaussian(bandwidth=h)``; recomputed at every step.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowkit.flows._common import (
     Score,
@@ -39,12 +41,15 @@ from flowkit.flows._common import (
     uniform_or_checked_weights,
 )
 from flowkit.kernels import DEFAULT_MEMORY_BUDGET, Gaussian, Kernel, kernel_grad_sum
+from flowkit.layers import VelocityField
+from flowkit.objective import FunctionalObjective
 from flowkit.validation import check_int, check_particles, check_positive
 
-__all__ = ["LinearKernel", "median_bandwidth", "svgd_velocity", "SVGD", "SVGDResult"]
+__all__ = ["LinearKernel", "median_bandwidth", "svgd_velocity", "SVGD", "SVGDField",
+           "SVGDResult"]
 
 
-class LinearKernel:
+class LinearKernel(nn.Module):
     r"""The linear kernel :math:`k(x, y) = 1 + x^\top y` (not radial: SVGD only).
 
     With it SVGD matches first and second moments: for a Gaussian target its fixed points
@@ -52,7 +57,8 @@ class LinearKernel:
     :math:`s(y) = -\Sigma^{-1}(y - m)`, :math:`\phi \equiv 0` forces
     :math:`\hat m = m` and :math:`\hat C = \Sigma` (derived here; moment matching by SVGD
     is the subject of Liu & Wang 2018 [LiuWang18]). The velocity is affine, computed in
-    closed form in O(N d^2).
+    closed form in O(N d^2). (An ``nn.Module`` with no parameters only so that layers
+    holding it load from files like flowkit's other kernels.)
     """
 
     def __repr__(self) -> str:
@@ -132,17 +138,41 @@ def svgd_velocity(x: Tensor, score: Score | Tensor, kernel: Kernel | LinearKerne
         s = score
     else:
         s = checked_score(resolve_score(score, None), x)
-    if isinstance(k, LinearKernel):
-        # E_w[(1 + y.x) s(y) + x] = E_w[s] + (E_w[s y^T]) x + x
+    field = SVGDField(x, s, w, k, block_size=block_size, memory_budget=memory_budget)
+    return -field(x)
+
+
+class SVGDField(VelocityField):
+    r"""The engine's velocity ``v(z) = -phi*_mu(z)`` for particles ``y`` frozen at one step.
+
+    Holds the particles ``y_j``, their scores ``s(y_j)``, weights ``w_j`` and the kernel, so
+    ``v`` evaluates at any ``z`` (a layer replays on fresh samples):
+    :math:`v(z) = -\sum_j w_j [k(z, y_j) s(y_j) - \nabla_1 k(z, y_j)]`, blocked.
+    """
+
+    def __init__(self, particles: Tensor, scores: Tensor, weights: Tensor,
+                 kernel: Kernel | LinearKernel, *, block_size: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        super().__init__()
+        if not isinstance(kernel, LinearKernel) and kernel.singular_at_zero:
+            raise ValueError(f"kernel {kernel!r} is not differentiable at 0; SVGD needs a "
+                             "smooth kernel")
+        self.register_buffer("particles", particles.detach())
+        self.register_buffer("scores", scores.detach())
+        self.register_buffer("weights", weights.detach())
+        self.kernel = kernel
+        self.block_size, self.memory_budget = block_size, memory_budget
+
+    def forward(self, z: Tensor) -> Tensor:
+        y, s, w, k = self.particles, self.scores, self.weights, self.kernel
         ws = w[:, None] * s
-        return ws.sum(0) + x + x @ (ws.T @ x).T
-    if k.singular_at_zero:
-        raise ValueError(f"kernel {k!r} is not differentiable at 0; SVGD needs a smooth kernel")
-    drive = kernel_matvec(x, x, k, w[:, None] * s, block_size=block_size,
-                          memory_budget=memory_budget)
-    repulse = kernel_grad_sum(x, x, k, w, block_size=block_size, memory_budget=memory_budget,
-                              backend="torch")
-    return drive - repulse
+        if isinstance(k, LinearKernel):
+            # E_w[(1 + y.z) s(y) + z] = E_w[s] + E_w[s y^T] z + z
+            return -(ws.sum(0) + z + z @ (ws.T @ y).T)
+        kw = {"block_size": self.block_size, "memory_budget": self.memory_budget}
+        drive = kernel_matvec(z, y, k, ws, **kw)
+        repulse = kernel_grad_sum(z, y, k, w, backend="torch", **kw)
+        return repulse - drive
 
 
 @dataclass
@@ -155,8 +185,14 @@ class SVGDResult:
     snapshots: list[Tensor] = field(default_factory=list)
 
 
-class SVGD:
+class SVGD(FunctionalObjective):
     r"""SVGD toward a target given by its score or log-density (Liu & Wang 2016, Alg. 1).
+
+    A velocity-field objective: :class:`flowkit.FunctionalGradientDescent` on it stacks
+    layers ``x - eta v(x)`` with ``v = -phi*_mu`` (:class:`SVGDField`), i.e. Liu & Wang's
+    step ``x + eta phi*(x)``; monitors, checkpoints and Algorithm 2 replay then work as
+    for any objective. SVGD has no value (it is not the gradient of a functional of the
+    particles alone).
 
     Parameters
     ----------
@@ -166,23 +202,19 @@ class SVGD:
         ``x -> log pi(x)`` up to a constant, shape ``(N,)``; differentiated by autograd.
         Exactly one of ``score`` and ``log_density``.
     kernel : Kernel or LinearKernel, optional
-        Fixed kernel; default a Gaussian with ``bandwidth`` (``"median"``: per step).
+        Fixed kernel; default a Gaussian with ``bandwidth`` (``"median"``: per step, frozen
+        into that step's layer).
     bandwidth : float or "median"
         See :func:`svgd_velocity`.
-
-    Notes
-    -----
-    Engine hook (not wired): :meth:`velocity` has the signature the velocity-field contract
-    will call, ``velocity(x, weights=None) -> (N, d)``; the engine's layer then moves
-    ``x <- x + eta * velocity`` (the descent direction is ``-velocity``). Until then
-    :meth:`run` is the standalone loop.
 
     Examples
     --------
     >>> import torch, flowkit as fk, flowkit.flows
     >>> svgd = fk.flows.SVGD(score=lambda x: -x, bandwidth=1.0)
-    >>> svgd.run(torch.randn(50, 2) + 3.0, step_size=0.5, n_steps=20).particles.shape
-    torch.Size([50, 2])
+    >>> flow = fk.FunctionalGradientDescent(svgd, step_size=0.5, progress=False)
+    >>> result = flow.run(torch.randn(50, 2) + 3.0, n_steps=20)
+    >>> result.particles.shape, len(result.layers)
+    (torch.Size([50, 2]), 20)
     """
 
     def __init__(self, score: Score | None = None, *, log_density=None,
@@ -196,29 +228,46 @@ class SVGD:
             raise ValueError(f"bandwidth must be a number > 0 or 'median', got {bandwidth!r}")
         if bandwidth is not None and not isinstance(bandwidth, str):
             check_positive(bandwidth, "bandwidth")
+        if kernel is not None:
+            _resolve_kernel(kernel, None, torch.zeros(2, 1))  # type check only
         self.kernel, self.bandwidth = kernel, bandwidth
         self._kw = {"block_size": block_size, "memory_budget": memory_budget}
 
-    # ENGINE HOOK (velocity field): the signature the velocity-field contract calls; the
-    # engine's layer then moves x <- x + eta * velocity(x, w) (descent direction -velocity).
-    def velocity(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
-        """:math:`\\phi^*_\\mu` at the particles (the step is ``x + eta * velocity``)."""
-        return svgd_velocity(x, self.score, self.kernel, weights, bandwidth=self.bandwidth,
-                             **self._kw)
+    def validate(self, x: Tensor) -> None:
+        check_particles(x, "x")
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape (N, d), got {tuple(x.shape)}")
+
+    def velocity(self, x: Tensor, weights: Tensor | None = None) -> SVGDField:
+        """The engine's field ``v = -phi*_mu`` at particles ``x`` (weights: default ``1/N``)."""
+        self.validate(x)
+        w = uniform_or_checked_weights(weights, x)
+        s = checked_score(self.score, x.detach())
+        k = _resolve_kernel(self.kernel, self.bandwidth, x)
+        return SVGDField(x, s, w, k, **self._kw)
 
     def run(self, x0: Tensor, step_size: float, n_steps: int, *,
             snapshot_every: int | None = None) -> SVGDResult:
-        """``n_steps`` explicit Euler steps ``x <- x + step_size * phi*(x)`` from ``x0``."""
+        """``n_steps`` steps ``x <- x + step_size * phi*(x)`` from ``x0``.
+
+        A shortcut for :class:`flowkit.FunctionalGradientDescent` without layers, monitors
+        or checkpoints (use the engine for those).
+        """
+        from flowkit.descent import FunctionalGradientDescent
+
         check_particles(x0, "x0")
         eta = check_positive(step_size, "step_size")
         n_steps = check_int(n_steps, "n_steps", minimum=0)
         if snapshot_every is not None:
             snapshot_every = check_int(snapshot_every, "snapshot_every")
-        t0 = time.perf_counter()
-        x = x0.detach().clone()
-        snaps = [x] if snapshot_every else []
-        for k in range(n_steps):
-            x = x + eta * self.velocity(x)
-            if snapshot_every and (k + 1) % snapshot_every == 0:
-                snaps.append(x)
-        return SVGDResult(x, n_steps, time.perf_counter() - t0, snaps)
+        snaps = [x0.detach().clone()] if snapshot_every else []
+
+        def keep(state) -> None:
+            if state.step % snapshot_every == 0:
+                snaps.append(state.particles)
+
+        engine = FunctionalGradientDescent(
+            self, eta, keep_layers=False, progress=False, max_growth=None,
+            callbacks=[keep] if snapshot_every else [])
+        res = engine.run(x0, n_steps)
+        return SVGDResult(res.particles, n_steps, res.wall_time, snaps)

@@ -18,6 +18,10 @@ multiplicative (mirror / birth-death) weight step, both at the current :math:`(x
     w_i \leftarrow \frac{w_i\, e^{-\eta_w(\psi(x_i) - \langle w, \psi\rangle)}}
                       {\sum_j w_j\, e^{-\eta_w(\psi(x_j) - \langle w, \psi\rangle)}} .
 
+In flowkit's engine this is :class:`WFR`: the transport half is the engine's step on the
+weighted witness (its ``first_variation(x, weights)``) and the weight half is its
+``update_weights`` hook, so :class:`flowkit.FunctionalGradientDescent` runs it with
+monitors, checkpoints (weights included) and Algorithm 2 replay of the transport layers.
 With :math:`\eta_w = 0` the weights are not touched and the transport step is flowkit's
 plain MMD flow (:class:`flowkit.objectives.MMD` under the engine), bit for bit.
 The weight step keeps the weights non-negative and summing to one (up to rounding).
@@ -25,12 +29,12 @@ The weight step keeps the weights non-negative and summing to one (up to roundin
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from flowkit.descent import FunctionalGradientDescent
 from flowkit.flows._common import uniform_or_checked_weights
 from flowkit.kernels import (
     DEFAULT_MEMORY_BUDGET,
@@ -39,6 +43,7 @@ from flowkit.kernels import (
     kernel_grad_sum,
     kernel_sum,
 )
+from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
 from flowkit.validation import (
     check_compatible,
@@ -48,7 +53,7 @@ from flowkit.validation import (
     check_positive,
 )
 
-__all__ = ["WeightedWitness", "weighted_mmd2", "wfr_step", "wfr_mmd_flow", "WFRResult"]
+__all__ = ["WFR", "WeightedWitness", "weighted_mmd2", "wfr_step", "wfr_mmd_flow", "WFRResult"]
 
 
 class WeightedWitness(Potential):
@@ -94,20 +99,79 @@ def weighted_mmd2(x: Tensor, weights: Tensor | None, target: Tensor, kernel: Ker
     return cross + kernel_sum(target, target, kernel, **kw).mean()
 
 
-# ENGINE HOOK (weights): with weighted particles in the engine, the transport half is the
-# engine step on MMD's weighted witness and the weight half is this multiplicative update.
+class WFR(FunctionalObjective):
+    r"""The Wasserstein-Fisher-Rao MMD flow (module docstring) as an engine objective.
+
+    The value is the weighted :math:`\mathrm{MMD}^2` (:func:`weighted_mmd2`), the first
+    variation the weighted witness (:class:`WeightedWitness`), and :meth:`update_weights`
+    the multiplicative birth-death step with rate ``weight_step`` :math:`\eta_w` (not
+    scaled by the transport step ``eta``).
+
+    Parameters
+    ----------
+    target : Tensor
+        Target sample ``(M, *event)``.
+    kernel : Kernel, default ``Gaussian(1.0)``
+    weight_step : float
+        :math:`\eta_w \ge 0`; 0 is the plain MMD flow.
+    block_size, memory_budget, backend
+        As in :class:`flowkit.objectives.MMD`.
+
+    Examples
+    --------
+    >>> import torch, flowkit as fk, flowkit.flows
+    >>> y = torch.randn(40, 2)
+    >>> flow = fk.FunctionalGradientDescent(fk.flows.WFR(y, weight_step=1.0), 0.5,
+    ...                                     progress=False)
+    >>> res = flow.run(torch.randn(30, 2) + 2.0, 10)
+    >>> round(float(res.weights.sum()), 6)
+    1.0
+    """
+
+    minimum = 0.0
+
+    def __init__(self, target: Tensor, kernel: Kernel | None = None, *,
+                 weight_step: float = 1.0, block_size: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str = "auto"):
+        self.kernel = Gaussian(1.0) if kernel is None else kernel
+        _check(target, target, self.kernel)
+        self.target = target
+        self.weight_step = check_nonnegative(weight_step, "weight_step")
+        self._kw = {"block_size": block_size, "memory_budget": memory_budget,
+                    "backend": backend}
+
+    def validate(self, x: Tensor) -> None:
+        _check(x, self.target, self.kernel)
+
+    def first_variation(self, x: Tensor, weights: Tensor | None = None) -> WeightedWitness:
+        w = uniform_or_checked_weights(weights, x)
+        return WeightedWitness(x, w, self.target, self.kernel, **self._kw)
+
+    def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        return weighted_mmd2(x, weights, self.target, self.kernel, **self._kw)
+
+    def update_weights(self, x: Tensor, weights: Tensor, potential: Potential | None,
+                       step_size: float) -> Tensor:
+        r""":math:`w_i e^{-\eta_w(\psi(x_i) - \langle w, \psi\rangle)}`, normalised."""
+        if self.weight_step == 0.0:
+            return weights
+        psi = self.first_variation(x, weights) if potential is None else potential
+        v = psi(x)
+        logits = -self.weight_step * (v - weights @ v)
+        # a softmax in the log domain: exp never overflows whatever eta_w * psi is
+        return torch.softmax(torch.log(weights) + logits, 0)
+
+
 def wfr_step(x: Tensor, weights: Tensor, target: Tensor, kernel: Kernel, step_size: float,
              weight_step: float, **kw) -> tuple[Tensor, Tensor]:
-    """One WFR step from ``(x, weights)``: returns the new particles and weights."""
-    psi = WeightedWitness(x, weights, target, kernel, **kw)
-    x_new = x - step_size * psi.grad(x)
-    if weight_step == 0.0:
-        return x_new, weights
-    v = psi(x)
-    logits = -weight_step * (v - weights @ v)
-    # a softmax in the log domain: exp never overflows whatever eta_w * psi is
-    w_new = torch.softmax(torch.log(weights) + logits, 0)
-    return x_new, w_new
+    """One WFR step from ``(x, weights)``: returns the new particles and weights.
+
+    The engine's step on :class:`WFR` spelled out (transport along the witness at
+    ``(x, weights)``, then :meth:`WFR.update_weights` at the same point).
+    """
+    obj = WFR(target, kernel, weight_step=weight_step, **kw)
+    psi = obj.first_variation(x, weights)
+    return x - step_size * psi.grad(x), obj.update_weights(x, weights, psi, step_size)
 
 
 @dataclass
@@ -153,9 +217,8 @@ def wfr_mmd_flow(x0: Tensor, target: Tensor, kernel: Kernel | None = None, eta: 
 
     Notes
     -----
-    Engine hook (not wired): with weighted particles in the engine's contract, the
-    transport part is the engine on :class:`flowkit.objectives.MMD`'s weighted first
-    variation, and the weight step is a per-step weight update fed by ``psi(x_i)``.
+    A shortcut for :class:`flowkit.FunctionalGradientDescent` on :class:`WFR` without
+    layers (use the engine for layers, checkpoints and other monitors).
     """
     kernel = Gaussian(1.0) if kernel is None else kernel
     _check(x0, target, kernel)
@@ -164,15 +227,14 @@ def wfr_mmd_flow(x0: Tensor, target: Tensor, kernel: Kernel | None = None, eta: 
     n_steps = check_int(n_steps, "n_steps", minimum=0)
     monitor_every = check_int(monitor_every, "monitor_every")
     kw = {"block_size": block_size, "memory_budget": memory_budget, "backend": backend}
-    x = x0.detach().clone()
-    w = uniform_or_checked_weights(weights0, x, "weights0")
-    res = WFRResult(x, w, n_steps, 0.0)
-    t0 = time.perf_counter()
-    for k in range(n_steps + 1):
-        if k % monitor_every == 0 or k == n_steps:
-            res.history["step"].append(k)
-            res.history["mmd2"].append(float(weighted_mmd2(x, w, target, kernel, **kw)))
-        if k < n_steps:
-            x, w = wfr_step(x, w, target, kernel, eta, eta_w, **kw)
-    res.particles, res.weights, res.wall_time = x, w, time.perf_counter() - t0
-    return res
+    w = uniform_or_checked_weights(weights0, x0, "weights0")
+    obj = WFR(target, kernel, weight_step=eta_w, **kw)
+
+    def mmd2(state) -> dict[str, float]:
+        return {"mmd2": float(obj.value(state.particles, state.weights))}
+
+    engine = FunctionalGradientDescent(obj, eta, monitors=[mmd2], monitor_every=monitor_every,
+                                       keep_layers=False, progress=False, max_growth=None)
+    res = engine.run(x0, n_steps, weights=w)
+    return WFRResult(res.particles, res.weights, n_steps, res.wall_time,
+                     {"step": res.history["step"], "mmd2": res.history["mmd2"]})
