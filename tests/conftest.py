@@ -3,9 +3,8 @@ import os
 # KeOps (pulled in by POT when pykeops is installed) prints to stdout on import; keep the
 # doc-output tests independent of what else is installed.
 os.environ.setdefault("KEOPS_VERBOSE", "0")
-# Triton reads this once, when it is first imported (by any test module, or by torch): set it
-# before anything imports it, so the fused kernels run in Triton's interpreter on a machine
-# without a GPU (tests/test_triton.py).
+# Triton reads TRITON_INTERPRET when it is first imported, which another test module may do
+# before tests/test_triton.py sets it: set it before any test module is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import matplotlib  # noqa: E402
