@@ -15,8 +15,8 @@ import flowkit as fk
 data = fk.datasets.eight_gaussians(400, seed=0)
 curves = {}
 for label, solver, eta in (("gradient descent", "none", 5.0), ("kernelized flow", "cg", 0.5)):
-    generator = fk.critics.MLP(2, 2, hidden=16, depth=3,
-                               generator=torch.Generator().manual_seed(0))
+    generator = fk.nn.MLP(2, 2, hidden=16, depth=3,
+                          generator=torch.Generator().manual_seed(0))
     flow = fk.generators.ParametricKernelizedFlow(
         generator, data, fk.kernels.Gaussian(0.5), eta, 1e-3, batch_size=64,
         solver=solver, cg_iters=5, seed=1)

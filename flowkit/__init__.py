@@ -26,6 +26,7 @@ from flowkit import datasets, geometry, kernels, monitors, nn, objectives, theor
 from flowkit import critics, games, generators
 from flowkit import plotting
 from flowkit import flows
+from flowkit import distributed
 from flowkit.runs import RunFolder
 
 __all__ = [
@@ -56,4 +57,5 @@ __all__ = [
     "games",
     "generators",
     "flows",
+    "distributed",
 ]

@@ -50,7 +50,8 @@ def _add_experiment(sub: argparse._SubParsersAction, name: str, module: object) 
 
     def handler(args: argparse.Namespace) -> int:
         folder = _common.launch(module, args, error=parser.error)
-        print(f"results written to {folder.path}")
+        if folder is not None:  # None on the ranks > 0 of a sharded run
+            print(f"results written to {folder.path}")
         return 0
 
     parser.set_defaults(handler=handler, _module=module)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from flowkit import checkpoints as ckpt
+from flowkit import distributed
 from flowkit.checkpoints import CheckpointError
 from flowkit.layers import GradientLayer, GradientLayerStack, VelocityLayer
 from flowkit.monitors import Monitor
@@ -260,7 +261,9 @@ class FunctionalGradientDescent:
         per checkpoint holding the layers added since the previous one. An existing
         checkpoint file is never replaced unless ``overwrite_checkpoint``. The location,
         ``checkpoint_every`` and whether the objective's state and layers can be saved are
-        all checked before the first step.
+        all checked before the first step. In a run sharded over processes (see
+        :mod:`flowkit.distributed`) ``checkpoint`` is a folder: one file per rank and a
+        manifest, and the trace, monitors and divergence checks are global.
         """
         self.objective.validate(x0)
         n_steps = _check_n_steps(n_steps)
@@ -305,12 +308,13 @@ class FunctionalGradientDescent:
             with ``torch.load(weights_only=True)`` and only flowkit's own classes plus
             these are rebuilt: name a class here only if you trust the file.
         """
-        path = Path(path)
+        path = self._seam.resume_file(path)
         blob = ckpt.read_main(path, trusted_classes)
         meta = blob["meta"]
         self._check_meta(meta, path)
         payload = ckpt.read_payload(blob, path, trusted_classes)
         state = payload["state"]
+        self._seam.check_resumed(path, state["step"])
         if n_steps is not None:
             n_steps = _check_n_steps(n_steps)
             if n_steps < state["step"]:
@@ -391,6 +395,10 @@ class FunctionalGradientDescent:
         if rule is not None:
             rule.reset()
             rule.load_state_dict(saved["state"])
+    @property
+    def _seam(self) -> Any:
+        # the one place a run sharded over processes differs: flowkit.distributed's hooks
+        return distributed.engine_seam(self.objective)
 
     def _updates_weights(self) -> bool:
         return type(self.objective).update_weights is not FunctionalObjective.update_weights
@@ -420,6 +428,7 @@ class FunctionalGradientDescent:
     def _reference_scale(self, x0: Tensor) -> float:
         ref = self.objective.reference_scale(x0)
         scale = max(float(x0.abs().amax()) if x0.numel() else 0.0, float(ref or 0.0))
+        scale = float(self._seam.max(torch.tensor(scale, dtype=torch.float64)))
         return scale if scale > 0 else 1.0
 
     def _writer(self, checkpoint: Any, every: int, overwrite: bool,
@@ -428,8 +437,8 @@ class FunctionalGradientDescent:
         every = check_int(every, "checkpoint_every")
         if checkpoint is None:
             return None
-        path = ckpt.check_target(checkpoint)
-        if path.exists() and not overwrite:
+        path = self._seam.checkpoint_file(checkpoint)
+        if self._seam.any(path.exists()) and not overwrite:
             hint = ("pass overwrite_checkpoint=True to continue writing to the file you "
                     "resume from" if same_as is not None and path.resolve() == same_as.resolve()
                     else "resume from it with flow.resume(...) or pass overwrite_checkpoint=True")
@@ -496,7 +505,8 @@ class FunctionalGradientDescent:
         guard = _Guard(self, state["scale_ref"])
         t0 = time.perf_counter() - state["elapsed"]
         pending: dict[str, list[Tensor]] = {name: [] for name in trace if name != "step_size"}
-        bar = tqdm(total=n_steps, initial=start, disable=not self.progress,
+        seam = self._seam
+        bar = tqdm(total=n_steps, initial=start, disable=not seam.progress(self.progress),
                    desc="flow", leave=False)
 
         def flush() -> None:
@@ -519,7 +529,7 @@ class FunctionalGradientDescent:
                     psi, field = None, call_weighted(objective.velocity, x, w)
                     g = field(x)
                 sq = g.pow(2).flatten(1).sum(1)  # the L2(mu) norm, with the particles' weights
-                pending["grad_norm2"].append(sq.mean() if w is None else (w * sq).sum())
+                pending["grad_norm2"].append(seam.grad_norm2(sq, w))
                 if self.record_value:
                     with torch.no_grad():
                         value = call_weighted(objective.value, x, w)
@@ -625,7 +635,7 @@ class _Guard:
     def check(self) -> None:
         if not self.scales:
             return
-        values = torch.stack(self.scales).tolist()
+        values = self.engine._seam.max(torch.stack(self.scales)).tolist()
         self.scales = []
         first = self.last_step - len(values) + 1
         limit = self.engine.max_growth
@@ -689,6 +699,7 @@ class _Checkpointer:
         main = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "meta": self.engine._meta(x),
                 "payload": payload, "sha256": ckpt.sha256(payload), "layers": info}
         ckpt.write_bytes(self.path, ckpt.to_bytes(main))
+        self.engine._seam.saved(self.path, x, state["step"])
 
 
 _SHARED = "flowkit.shared_layers"

@@ -86,6 +86,7 @@ __all__ = [
     "write_manifest",
     "read_manifest",
     "check_consistent",
+    "engine_seam",
     "DEFAULT_TIMEOUT",
 ]
 
@@ -663,6 +664,141 @@ def read_manifest(path: str | os.PathLike, world_size: int | None = None) -> dic
     if missing:
         raise FileNotFoundError(f"sharded checkpoint {path} lacks {missing}")
     return manifest
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class _LocalSeam:
+    """What :class:`flowkit.FunctionalGradientDescent` does on one process: no collective.
+
+    The engine calls these hooks at the few places where a sharded run differs; here each
+    is the single-process rule, so one process behaves exactly as without this module.
+    """
+
+    def progress(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def grad_norm2(self, sq: Tensor, weights: Tensor | None) -> Tensor:
+        """The squared L2(mu) norm from the per-particle squared norms ``sq``."""
+        return sq.mean() if weights is None else (weights * sq).sum()
+
+    def max(self, values: Tensor) -> Tensor:
+        """Elementwise maximum over the ranks (the divergence scales, the reference scale)."""
+        return values
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def checkpoint_file(self, path: Any) -> Path:
+        from flowkit.checkpoints import check_target
+
+        return check_target(path)
+
+    def resume_file(self, path: Any) -> Path:
+        path = Path(path)
+        if path.is_dir() and (path / "manifest.json").exists():
+            read_manifest(path, world_size=1)  # names the world size to resume with
+        return path
+
+    def saved(self, file: Path, x: Tensor, step: int) -> None:
+        pass
+
+    def check_resumed(self, file: Path, step: int) -> None:
+        pass
+
+
+class _ShardedSeam(_LocalSeam):
+    """The engine's hooks when the particles are sharded over the ranks of ``group``.
+
+    Every hook is a collective, called by the engine at the same step on every rank: the
+    trace's ``grad_norm2`` is the global mean, the divergence checks see the maximum over
+    the ranks (so a rank that diverges stops every rank with the same
+    :class:`flowkit.FlowDivergedError`, never leaves them waiting in a ring pass), the
+    progress bar is rank 0's, and ``checkpoint=`` is a folder holding one file per rank
+    (:func:`sharded_checkpoint_path`) and the :func:`write_manifest` written after each
+    save.
+    """
+
+    def __init__(self, group: Any):
+        self.group = group
+        self.rank, self.size = world(group)
+
+    def progress(self, flag: bool) -> bool:
+        return show_progress(flag, self.group)
+
+    def grad_norm2(self, sq: Tensor, weights: Tensor | None) -> Tensor:
+        if weights is None:
+            return global_mean(sq, self.group)
+        # each rank's weights sum to 1: the global measure gives every shard mass 1/P
+        total = _all_reduce_sum((weights * sq).sum(), self.group, "grad_norm2")
+        return total / self.size
+
+    def max(self, values: Tensor) -> Tensor:
+        # NaN does not survive a MAX reduction reliably: carry it as inf (still non-finite)
+        buf = torch.where(torch.isnan(values), torch.full_like(values, math.inf), values)
+        # NCCL reduces CUDA tensors only: the engine's CPU scalars go to this rank's GPU
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend(self.group) == "nccl" else torch.device("cpu"))
+        buf = buf.detach().to(device).clone()
+        try:
+            dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.group)
+        except RuntimeError as err:
+            raise _wrap(err, "the divergence check", self.rank) from err
+        return buf.to(values.device)
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.max(torch.tensor([float(bool(flag))]))[0] > 0)
+
+    def checkpoint_file(self, path: Any) -> Path:
+        from flowkit.checkpoints import check_target
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a path (str or os.PathLike), got "
+                            f"{type(path).__name__}")
+        if Path(path).exists() and not Path(path).is_dir():
+            raise ValueError(f"checkpoint={str(path)!r} is a file, but a run sharded over "
+                             f"{self.size} ranks writes a folder (one file per rank and a "
+                             "manifest): give a folder path")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return check_target(sharded_checkpoint_path(path, self.rank, self.size))
+
+    def resume_file(self, path: Any) -> Path:
+        read_manifest(path, world_size=self.size)
+        return sharded_checkpoint_path(path, self.rank, self.size)
+
+    def saved(self, file: Path, x: Tensor, step: int) -> None:
+        write_manifest(file.parent, x, step=step, group=self.group)
+        # the save is complete once the manifest is on disk, for every rank
+        self.max(torch.zeros(1))
+
+    def check_resumed(self, file: Path, step: int) -> None:
+        # a job stopped while its ranks were writing leaves files of different steps;
+        # resuming them would silently mix two states of the flow
+        neg_low, high = self.max(torch.tensor([-step, step], dtype=torch.float64)).tolist()
+        if -neg_low != high:
+            from flowkit.checkpoints import CheckpointError
+
+            raise CheckpointError(
+                f"the sharded checkpoint in {file.parent} mixes steps {-neg_low:g}..{high:g} "
+                "across its rank files (the job stopped during a save): it cannot be "
+                "resumed consistently; resume from an earlier copy or restart")
+
+
+_LOCAL = _LocalSeam()
+
+
+def engine_seam(objective: Any = None) -> _LocalSeam:
+    """The engine's distributed hooks for ``objective``: sharded iff its group has > 1 rank.
+
+    The group is the objective's ``group`` (as :class:`ShardedMMD` has) when it is a
+    process group, else the default one; without an initialized group of more than one
+    rank the hooks are the single-process rules.
+    """
+    group = getattr(objective, "group", None)
+    if not (_initialized() and isinstance(group, dist.ProcessGroup)):
+        group = None
+    return _ShardedSeam(group) if world(group)[1] > 1 else _LOCAL
 
 
 # --------------------------------------------------------------------------- launching

@@ -43,11 +43,12 @@ evaluated points near it; beyond that, use float64.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from flowkit import backends
+from flowkit import backends, triton_kernels
 from flowkit.backends import DEFAULT_MEMORY_BUDGET, block_rows, check_backend, check_blocking
 from flowkit.backends import keops as keops_backend
 from flowkit.backends import native as native_backend
@@ -95,7 +96,7 @@ class PointCloud:
     memory_budget : int
         Bytes of temporaries per block (default 256 MiB); ``ValueError`` if not even one row
         fits.
-    backend : {"auto", "torch", "native", "keops"}
+    backend : {"auto", "torch", "native", "keops", "triton"}
         See :mod:`flowkit.backends`.
     names : tuple of 4 str
         The caller's names for ``x, y, a, b`` in error messages.
@@ -293,9 +294,10 @@ class PointCloud:
                              "kernel reductions")
         return self.kernel
 
-    def _route(self, rate: float | None, *tensors: Tensor, what: str = "") -> str:
+    def _route(self, rate: float | None, *tensors: Tensor, what: str = "",
+               kernel: Any = None) -> str:
         return backends.route(self.backend, self._x2, self._y2, *tensors, gaussian_rate=rate,
-                              what=what)
+                              what=what, kernel=kernel)
 
     # ------------------------------------------------------------------ kernel reductions
 
@@ -304,9 +306,11 @@ class PointCloud:
         k = self._kernel()
         w = self.b
         rows = self._rows(2 + (self._x2.shape[1] if k.singular_at_zero else 0))
-        route = self._route(k.gaussian_rate(), w, what=f" (kernel {k!r})")
+        route = self._route(k.gaussian_rate(), w, what=f" (kernel {k!r})", kernel=k)
         if route == "keops":
             return keops_backend.kernel_reduce(self._x2, self._y2, w, k, grad=False)
+        if route == "triton":
+            return triton_kernels.triton_kernel_sum(self._x2, self._y2, k, w)
         out = []
         for pieces in self._blocks(rows):
             total = 0.0
@@ -332,10 +336,13 @@ class PointCloud:
         w = self.b
         d = self._x2.shape[1]
         rows = self._rows(2 + (d if k.singular_at_zero else 0))
-        route = self._route(k.gaussian_rate(), w, what=f" (kernel {k!r})")
+        route = self._route(k.gaussian_rate(), w, what=f" (kernel {k!r})", kernel=k)
         if route == "keops":
             return keops_backend.kernel_reduce(self._x2, self._y2, w, k, grad=True
                                                ).view_as(self.x)
+        if route == "triton":
+            return triton_kernels.triton_kernel_grad_sum(self._x2, self._y2, k, w
+                                                         ).view_as(self.x)
         out = []
         for pieces in self._blocks(rows):
             total = 0.0
@@ -389,9 +396,11 @@ class PointCloud:
         ``(N,)``, cost :math:`C = \frac12\|x-y\|^2` (Sinkhorn's update, log domain, with
         ``h = log b + g / eps``)."""
         self._check_h(h)
-        route = self._route(None, h, what=" (Sinkhorn's softmin)")
+        route = self._route(None, h, what=" (Sinkhorn's softmin)", kernel="softmin")
         if route == "keops":
             return keops_backend.softmin(self._x2, self._y2, h, eps)
+        if route == "triton":
+            return triton_kernels.triton_softmin(self._x2, self._y2, h, eps)
         out = []
         for pieces in self._blocks(self._rows(3)):
             lse = [torch_backend.logsumexp(xc, yc, h[sl], eps) for sl, xc, yc, _ in pieces]

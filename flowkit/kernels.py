@@ -23,9 +23,10 @@ The reductions are thin wrappers over :class:`flowkit.geometry.PointCloud`, whic
 the inputs once (errors name the argument), centres each block of rows and hands it to a
 backend of :mod:`flowkit.backends`: ``"torch"`` (plain torch, differentiable, any device
 and dtype), ``"native"`` (a fused C path for the Gaussian kernel on CPU in float32, compiled
-once and cached), ``"keops"`` (extra ``flowkit[keops]``). ``backend="auto"`` (the default)
-takes the native path where it applies and is available and no gradient is being recorded,
-else plain torch; ``FLOWKIT_NATIVE=0`` turns the native path off.
+once and cached), ``"keops"`` (extra ``flowkit[keops]``), ``"triton"`` (fused kernels on
+CUDA, extra ``flowkit[triton]``). ``backend="auto"`` (the default) takes the native path
+where it applies and is available and no gradient is being recorded, on CUDA the Triton
+path where it applies, else plain torch; ``FLOWKIT_NATIVE=0`` turns the native path off.
 """
 
 from __future__ import annotations
@@ -320,7 +321,7 @@ def kernel_sum(x: Tensor, y: Tensor, kernel: Kernel, weights: Tensor | None = No
     memory_budget : int
         Bytes of temporaries allowed per block (default 256 MiB); ``ValueError`` if not
         even one row of ``M`` columns fits.
-    backend : {"auto", "torch", "native", "keops"}
+    backend : {"auto", "torch", "native", "keops", "triton"}
         See the module docstring.
 
     Notes

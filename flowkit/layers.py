@@ -167,7 +167,7 @@ class GradientLayer(VelocityLayer):
 
 
 class GradientLayerStack(nn.Module):
-    """The composition ``G_T o ... o G_1`` of gradient layers (Algorithm 2).
+    r"""Gradient layers applied in order, :math:`G_T \circ \cdots \circ G_1` (Algorithm 2).
 
     Calling the stack on fresh base samples *is* Algorithm 2 of Nitanda & Suzuki (2018):
     it replays the history of first variations. The stack stores every potential, so its

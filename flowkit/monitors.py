@@ -399,7 +399,11 @@ class GradNorm:
         g = state.grad
         if g is None:
             g = state.objective.functional_gradient(state.particles)
-        return {self.name: float(g.pow(2).flatten(1).sum(1).mean())}
+        from flowkit.distributed import engine_seam
+
+        # sharded: the global mean over every rank's particles (a collective)
+        sq = g.pow(2).flatten(1).sum(1)
+        return {self.name: float(engine_seam(state.objective).grad_norm2(sq, None))}
 
 
 class WallTime:

@@ -276,9 +276,11 @@ def figure_problems(fig: Any) -> list[str]:
     """What a figure lacks to be pasted into a paper; empty when nothing.
 
     Checked: every axes with data has an x label, and a y label unless it shares the y
-    axis of a labelled panel in its row; when an axes holds more than one labelled line or
-    collection a legend exists; no legend overlaps an axes (legends go outside); every
-    reference line (a labelled ``axhline``/``axvline``) has a label.
+    axis of a labelled panel in its row (an axes drawn without axis lines, such as an
+    image grid with ``ax.axis("off")``, shows no labels and needs none); when an axes
+    holds more than one labelled line or collection a legend exists; no legend overlaps an
+    axes (legends go outside); every reference line (a labelled ``axhline``/``axvline``)
+    has a label.
     """
     problems = []
     fig.canvas.draw()
@@ -289,6 +291,8 @@ def figure_problems(fig: Any) -> list[str]:
         if not ax.has_data():
             continue
         name = f"axes {k} ({ax.get_title() or 'untitled'})"
+        if not ax.axison and not (ax.lines or ax.collections):
+            continue  # a picture (image grid): nothing to label
         if not ax.get_xlabel():
             problems.append(f"{name}: no x label")
         shared = ax.get_shared_y_axes().get_siblings(ax)

@@ -37,7 +37,7 @@ class Potential(nn.Module):
         raise NotImplementedError
 
     def grad(self, x: Tensor, *, create_graph: bool = False) -> Tensor:
-        """Spatial gradient ``grad psi(x)``, same shape as ``x``.
+        r"""Spatial gradient ``grad psi(x)``, same shape as ``x``.
 
         By default :meth:`forward` is differentiated on a detached copy of ``x``, so the
         result carries no graph back to the caller's tensors. With ``create_graph=True`` the

@@ -218,7 +218,12 @@ def lipschitz_bound(potential: Potential, x: Tensor | None = None, *, n_iter: in
                     seed: int = 0) -> LipschitzBound:
     """A Lipschitz constant of ``grad psi``: the potential's own bound when it has one,
     else a power-iteration estimate on Hessian-vector products at the points ``x``
-    (``n_iter >= 1`` iterations)."""
+    (``n_iter >= 1`` iterations). Every argument is checked, whichever path answers."""
+    if not isinstance(potential, Potential):
+        raise TypeError(f"potential must be a flowkit.Potential, got {type(potential).__name__}")
+    if x is not None:
+        check_particles(x, "x")
+    n_iter = check_int(n_iter, "n_iter", minimum=1)
     known = getattr(potential, "lipschitz_grad", None)
     if known is not None and math.isfinite(known):
         return LipschitzBound(float(known), "guaranteed",
@@ -227,8 +232,6 @@ def lipschitz_bound(potential: Potential, x: Tensor | None = None, *, n_iter: in
         raise ValueError(
             "this potential has no known Lipschitz bound; pass sample points x to estimate one"
         )
-    check_particles(x, "x")
-    n_iter = check_int(n_iter, "n_iter", minimum=1)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     v = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     norms = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)

@@ -21,9 +21,11 @@ Kernels: :class:`flowkit.kernels.Gaussian` (exponential), :class:`~flowkit.kerne
 float32 and float64; the event is flattened and padded to a power of two (small ``d`` is the
 target: the distance tile is ``BLOCK_M x BLOCK_N x D`` in registers).
 
-Routing (for the lead): the ``auto`` backend calls :func:`triton_kernel_sum` /
-:func:`triton_kernel_grad_sum` when :func:`triton_applicable` returns ``None`` (CUDA tensor,
-Triton importable, supported kernel, no autograd graph requested). On CPU the same kernels
+Routing: :func:`flowkit.backends.route` sends a reduction of :mod:`flowkit.geometry` here
+(kernel sums, kernel-gradient sums, Sinkhorn's softmin) when asked for with
+``backend="triton"``, and under ``backend="auto"`` on CUDA tensors when
+:func:`triton_applicable` returns ``None`` (Triton importable, supported kernel, float32 or
+float64, no autograd graph requested). On CPU the same kernels
 run under Triton's interpreter (``TRITON_INTERPRET=1`` before the first call), which is how
 the tests check them against the torch path; that is for correctness only (slow).
 """

@@ -3,6 +3,9 @@ import os
 # KeOps (pulled in by POT when pykeops is installed) prints to stdout on import; keep the
 # doc-output tests independent of what else is installed.
 os.environ.setdefault("KEOPS_VERBOSE", "0")
+# Triton reads TRITON_INTERPRET when it is first imported, which another test module may do
+# before tests/test_triton.py sets it: set it before any test module is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import matplotlib  # noqa: E402
 import pytest  # noqa: E402

@@ -5,9 +5,8 @@ API. An error is clear when it is a ``ValueError`` or ``TypeError`` that names t
 the caller passed; a result is correct when it equals the call with the value converted.
 """
 
-import pytest
-
 import api_fuzz
+import pytest
 
 CASES = api_fuzz.cases(api_fuzz.entries())
 

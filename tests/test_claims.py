@@ -85,6 +85,18 @@ def test_docs_page_lists_every_claim_with_its_asserted_verdict():
     assert "[verify.md](verify.md)" in (DOCS / "index.md").read_text()
 
 
+def test_claims_keep_the_table_order_whichever_module_is_imported_first():
+    import subprocess
+    import sys
+
+    code = ("import flowkit.claims.cg, flowkit.claims.games\n"
+            "from flowkit.claims import claims\n"
+            "print(','.join(c.id for c in claims()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out.split(",") == [c.id for c in claims()]
+
+
 def test_verify_command_lists_runs_and_writes_a_run_folder(tmp_path, capsys):
     assert main(["verify", "--list"]) == 0
     assert "ns18-theorem1-quadratic" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from flowkit.experiments import _common
 
 COMMANDS = [["demo"], ["reproduce", "toy"], ["reproduce", "cg"], ["reproduce", "games"],
             ["reproduce", "noisy-mmd"], ["reproduce", "kernelized-flow"],
-            ["reproduce", "divergences"]]
+            ["reproduce", "divergences"], ["reproduce", "digits"], ["reproduce", "cg-digits"]]
 
 # (command, extra arguments, what the message names)
 BAD = [
@@ -36,6 +36,11 @@ BAD = [
     (["reproduce", "games"], ["--etas", "0.1", "-0.3"], "--etas"),
     (["reproduce", "toy"], ["--critic-steps", "0"], "--critic-steps"),
     (["reproduce", "toy"], ["--dataset", "moons"], "--dataset"),
+    (["reproduce", "digits"], ["--seeds", "0"], "--seeds"),
+    (["reproduce", "digits"], ["--step-size", "-0.5"], "--step-size"),
+    (["reproduce", "digits"], ["--checkpoint", "no/such/pretrained.pt"], "--checkpoint"),
+    (["reproduce", "cg-digits"], ["--n-eval", "1"], "--n-eval"),
+    (["reproduce", "cg-digits"], ["--lr-rule", "cosine"], "--lr-rule"),
 ]
 
 

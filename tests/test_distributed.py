@@ -75,19 +75,49 @@ def _sharded_cases(tmp):
     except ValueError as err:
         errors["device"] = str(err)
     out["errors"] = errors
-    # checkpoints: one file per rank + manifest; resume equals the uninterrupted run
+    # checkpoint= is a folder: one file per rank + manifest; resume equals the straight run
     x0, y = _data(torch.float64)
-    path = fkd.sharded_checkpoint_path(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
     obj = fkd.ShardedMMD(fkd.shard(y))
-    _flow(obj).run(fkd.shard(x0), 3, checkpoint=path, checkpoint_every=2)
-    fkd.write_manifest(tmp, fkd.shard(x0), step=3)
+    first = _flow(obj, monitors=[fk.monitors.GradNorm()], monitor_every=2)
+    first.run(fkd.shard(x0), 3, checkpoint=tmp, checkpoint_every=2)
+    out["manifest"] = fkd.read_manifest(tmp)
+    resumed = _flow(obj, monitors=[fk.monitors.GradNorm()], monitor_every=2).resume(tmp, 6)
+    straight = _flow(obj, monitors=[fk.monitors.GradNorm()], monitor_every=2).run(
+        fkd.shard(x0), 6)
+    out["resume_equal"] = torch.equal(resumed.particles, straight.particles)
+    out["trace"] = straight.trace["grad_norm2"]
+    out["monitor"] = straight.history["grad_norm2"]
+    out["resumed_trace"] = resumed.trace["grad_norm2"]
+    try:  # an existing checkpoint on any rank stops every rank
+        _flow(obj).run(fkd.shard(x0), 1, checkpoint=tmp)
+    except FileExistsError as err:
+        errors["exists"] = str(err)
+    # a job stopped during a save leaves rank files of different steps: refused on all
+    mixed = tmp / "mixed"
+    _flow(obj).run(fkd.shard(x0), 2, checkpoint=mixed, checkpoint_every=2)
+    mine = fkd.sharded_checkpoint_path(mixed)
+    old = mine.read_bytes()
+    _flow(obj).resume(mixed, 4, checkpoint=mixed, overwrite_checkpoint=True)
+    if rank == 1:
+        mine.write_bytes(old)
     dist.barrier()
-    fkd.read_manifest(tmp)
-    resumed = _flow(obj).resume(path, 6).particles
-    straight = _flow(obj).run(fkd.shard(x0), 6).particles
-    out["resume_equal"] = torch.equal(resumed, straight)
+    try:
+        _flow(obj).resume(mixed, 5)
+    except fk.CheckpointError as err:
+        errors["mixed"] = str(err)
+    # rank 1 alone blows up (its particles move far off; the Gaussian kernel barely
+    # couples them to rank 0's): every rank must stop at the same step, not wait in a ring
+    def blow_up(state):
+        if rank == 1 and state.step == 2:
+            state.particles.mul_(1e6)
+
+    try:
+        _flow(fkd.ShardedMMD(fkd.shard(y)), callbacks=[blow_up]).run(fkd.shard(x0), STEPS)
+    except fk.FlowDivergedError as err:
+        out["diverged"] = (err.rule, err.step)
     out["progress"] = fkd.show_progress(True)
+    out["engine_progress"] = fkd.engine_seam(obj).progress(True)  # the engine's bar
+    out["demo"] = (_demo(tmp / "demo"), tmp / "demo")  # the command, as under torchrun
     return out
 
 
@@ -165,7 +195,40 @@ def test_mismatched_ranks_raise_on_every_rank_naming_the_argument(sharded):
 
 def test_per_rank_checkpoints_resume_bit_identically(sharded):
     assert sharded[0]["resume_equal"] and sharded[1]["resume_equal"]
+    manifest = sharded[0]["manifest"]
+    assert manifest["world_size"] == 2 and manifest["step"] == 3
+    assert manifest["files"] == ["rank00000-of-00002.pt", "rank00001-of-00002.pt"]
+    assert manifest["shard_sizes"] == [12, 11]
+    for r in (0, 1):  # the resumed run records the same trace as the straight one
+        assert sharded[r]["resumed_trace"] == sharded[r]["trace"]
+        assert "exists" in sharded[r]["errors"]["exists"]
+        assert "mixes steps 2..4" in sharded[r]["errors"]["mixed"]
+
+
+def test_a_sharded_checkpoint_refuses_another_world_size(tmp_path):
+    import json
+
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": "flowkit.sharded-checkpoint", "world_size": 2, "files": []}))
+    x0, y = _data(torch.float64)
+    with pytest.raises(ValueError, match="written by 2 ranks but world_size is 1"):
+        _flow(fkd.ShardedMMD(y)).resume(tmp_path)
+
+
+def test_the_engine_records_the_global_gradient_norm_on_every_rank(sharded):
+    x0, y = _data(torch.float64)
+    ref = _flow(fk.objectives.MMD(y), monitors=[fk.monitors.GradNorm()],
+                monitor_every=2).run(x0, 6)
+    for r in (0, 1):
+        assert sharded[r]["trace"] == pytest.approx(ref.trace["grad_norm2"], abs=1e-12)
+        assert sharded[r]["monitor"] == pytest.approx(ref.history["grad_norm2"], abs=1e-12)
+
+
+def test_a_rank_that_diverges_stops_every_rank(sharded):
+    # rank 1's particles were scaled by 1e6 after step 2: the growth rule fires at step 3
+    assert sharded[0]["diverged"] == sharded[1]["diverged"] == ("growth", 3)
     assert [sharded[r]["progress"] for r in (0, 1)] == [True, False]
+    assert [sharded[r]["engine_progress"] for r in (0, 1)] == [True, False]
 
 
 def test_a_rank_failing_mid_run_ends_the_job_with_errors_on_every_rank():
@@ -205,3 +268,25 @@ def test_shard_bounds_cover_the_rows_once():
             assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
     with pytest.raises(ValueError, match="rank"):
         fkd.shard_bounds(5, 2, 2)
+
+
+def _demo(out):
+    from flowkit.cli import main
+
+    return main(["demo", "--out", str(out), "--n", "60", "--steps", "10", "--every", "5",
+                 "--no-progress"])
+
+
+def test_the_demo_runs_sharded_and_rank_0_writes_the_run_folder(sharded, tmp_path):
+    import json
+
+    assert sharded[0]["demo"][0] == sharded[1]["demo"][0] == 0
+    assert _demo(tmp_path) == 0
+    (two,), (one,) = list(sharded[0]["demo"][1].iterdir()), list(tmp_path.iterdir())
+    sharded, single = (json.loads((run / "metrics.json").read_text())["history"]
+                       for run in (two, one))
+    assert json.loads((two / "config.json").read_text())["config"]["world_size"] == 2
+    assert sharded["step"] == single["step"] == [0, 5, 10]
+    for name in ("W2", "MMD"):  # float32: the same flow up to the order of the sums
+        assert sharded[name] == pytest.approx(single[name], rel=1e-4, abs=1e-6)
+    assert (two / "snapshots.png").stat().st_size > 10_000

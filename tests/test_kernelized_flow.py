@@ -1,4 +1,6 @@
-"""Parametric kernelized MMD flow (digest 2.2): CG == direct solve, descent property."""
+"""Parametric kernelized MMD flow, flowkit's reconstruction of Mroueh & Nguyen 2021 [MN21]
+(the paper's exact equations are not spelled out in its abstract; docs/mmd.md, sec. 5):
+CG == direct solve, descent property."""
 
 import pytest
 import torch

@@ -1,4 +1,6 @@
-"""Sobolev descent with finite features (digest 2.4)."""
+"""Sobolev descent with finite features: Mroueh, Sercu & Raj 2019 [MrouehEtAl19], the
+critic ``a* = (D_q + lam I)^-1 (E_p Phi - E_q Phi)`` and the particle step along its
+gradient (docs/mmd.md, sec. 6)."""
 
 import pytest
 import torch

@@ -107,3 +107,72 @@ def test_the_fused_path_says_why_it_cannot_run():
     else:
         with pytest.raises(ValueError, match="Triton is not importable"):
             tk.triton_kernel_sum(x, y, KERNELS[0], w)
+
+
+# --------------------------------------------------------------------------- routing
+def _cuda_like(dtype=torch.float32, requires_grad=False):
+    """What route() reads of a tensor, on a CUDA device this machine need not have."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype,
+                           requires_grad=requires_grad)
+
+
+@pytest.fixture
+def triton_on_cuda(monkeypatch):
+    """Triton importable and a GPU present, as route() sees them."""
+    monkeypatch.setattr(tk, "triton_available", lambda device="cuda":
+                        torch.device(device).type == "cuda")
+
+
+def test_auto_routes_the_fused_reductions_on_cuda_to_triton(triton_on_cuda):
+    from flowkit.backends import route
+
+    x, y, w = _cuda_like(), _cuda_like(), _cuda_like()
+    for kernel in KERNELS:
+        assert route("auto", x, y, w, gaussian_rate=kernel.gaussian_rate(),
+                     kernel=kernel) == "triton"
+    assert route("auto", x, y, w, kernel="softmin") == "triton"
+    assert route("triton", x, y, w, kernel=KERNELS[0]) == "triton"
+    # what it does not fuse, or cannot run, stays on torch
+    assert route("auto", x, y, w, kernel=None) == "torch"  # the soft barycentre
+    assert route("auto", x, y, w, kernel=fk.kernels.InverseMultiquadric()) == "torch"
+    assert route("auto", _cuda_like(torch.float16), y, w, kernel=KERNELS[0]) == "torch"
+    assert route("auto", _cuda_like(requires_grad=True), y, w, kernel=KERNELS[0]) == "torch"
+    assert route("torch", x, y, w, kernel=KERNELS[0]) == "torch"
+
+
+def test_auto_never_takes_triton_on_cpu_or_without_it(monkeypatch):
+    from flowkit import backends
+
+    x, y, w = _case(torch.float64, 2)
+    monkeypatch.setattr(tk, "triton_available", lambda device="cuda": True)
+    assert backends.route("auto", x, y, w, kernel=KERNELS[0]) == "torch"  # CPU unchanged
+    monkeypatch.setattr(tk, "triton_available", lambda device="cuda": False)
+    assert backends.route("auto", _cuda_like(), _cuda_like(), kernel=KERNELS[0]) == "torch"
+
+
+def test_backend_triton_on_cpu_says_why_it_cannot_run(monkeypatch):
+    # Triton's interpreter aside (the tests above), the fused path needs CUDA tensors
+    monkeypatch.setattr(tk, "triton_available", lambda device="cuda":
+                        torch.device(device).type == "cuda")
+    x, y, w = _case(torch.float32, 2)
+    with pytest.raises(ValueError, match="backend='triton' cannot run here: Triton is not "
+                                         "importable or cannot run on cpu.*Gaussian"):
+        fk.kernels.kernel_sum(x, y, KERNELS[0], w, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' cannot run here: it has no fused"):
+        fk.geometry.PointCloud(x, y, backend="triton").soft_barycenter(w, 0.5)
+
+
+@needs_triton
+def test_backend_triton_runs_the_fused_kernels_through_the_geometry():
+    x, y, w = _case(torch.float64, 3)
+    for kernel in KERNELS:
+        for fn in (fk.kernels.kernel_sum, fk.kernels.kernel_grad_sum):
+            torch.testing.assert_close(fn(x, y, kernel, w, backend="triton"),
+                                       fn(x, y, kernel, w, backend="torch"),
+                                       rtol=0, atol=1e-12)
+    h = torch.randn(M, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(fk.geometry.PointCloud(x, y, backend="triton").softmin(h, 0.3),
+                               fk.geometry.PointCloud(x, y, backend="torch").softmin(h, 0.3),
+                               rtol=0, atol=1e-12)

@@ -3,10 +3,14 @@
 ``torch`` (:mod:`flowkit.backends.torch`) is plain torch, differentiable, any device and
 dtype. ``native`` (:mod:`flowkit.backends.native`) is a fused C path for the Gaussian kernel
 on CPU in float32. ``keops`` (:mod:`flowkit.backends.keops`) hands the reduction to KeOps.
+``triton`` (:mod:`flowkit.triton_kernels`) is the fused Triton path on CUDA (Gaussian,
+Laplacian and energy kernels, and Sinkhorn's softmin; extra ``flowkit[triton]``).
 :func:`route` turns the requested backend (``"auto"`` by default) into the one that runs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import Tensor
 
@@ -15,11 +19,14 @@ from flowkit.backends import native
 __all__ = ["BACKENDS", "DEFAULT_MEMORY_BUDGET", "block_rows", "check_backend",
            "check_blocking", "route"]
 
-DEFAULT_MEMORY_BUDGET = 2**28  # bytes of temporaries per block (256 MiB)
-BACKENDS = ("auto", "torch", "native", "keops")
+#: Bytes of temporaries one block of a reduction may use (256 MiB) unless told otherwise.
+DEFAULT_MEMORY_BUDGET = 2**28
+#: The backends a reduction can be asked for; ``"auto"`` lets :func:`route` choose.
+BACKENDS = ("auto", "torch", "native", "keops", "triton")
 
 
 def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError`` naming it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
@@ -62,18 +69,41 @@ def _native_refusal(x: Tensor, gaussian_rate: float | None, tensors: tuple) -> s
     return None
 
 
+def _triton_refusal(x: Tensor, kernel: Any, tensors: tuple) -> str | None:
+    """None if the Triton path can run this reduction, else why not."""
+    if kernel is None:
+        return "it has no fused kernel for this reduction"
+    from flowkit import triton_kernels
+    from flowkit.kernels import Gaussian
+
+    # the softmin runs under the same conditions as a kernel sum (dtype, device, no graph)
+    kernel = Gaussian(1.0) if isinstance(kernel, str) and kernel == "softmin" else kernel
+    return triton_kernels.triton_applicable(x, x, kernel, *tensors)
+
+
 def route(backend: str, x: Tensor, *tensors: Tensor, gaussian_rate: float | None = None,
-          what: str = "") -> str:
-    """The backend that will run: ``'torch'``, ``'native'`` or ``'keops'``.
+          what: str = "", kernel: Any = None) -> str:
+    """The backend that will run: ``'torch'``, ``'native'``, ``'keops'`` or ``'triton'``.
 
     ``auto`` takes the native path where it applies (Gaussian kernel, float32 on CPU, no
-    gradient being recorded) and is available, else torch; KeOps only when asked for.
-    ``gaussian_rate`` is ``c`` of a Gaussian kernel ``exp(-c r^2)``, None for anything the
-    native path cannot do (other kernels, Sinkhorn's softmin).
+    gradient being recorded) and is available; on CUDA the Triton path where it applies
+    (:func:`flowkit.triton_kernels.triton_applicable`: Triton importable, a kernel it
+    fuses, float32/float64, no gradient being recorded); else torch. KeOps only when asked
+    for. ``gaussian_rate`` is ``c`` of a Gaussian kernel ``exp(-c r^2)``, None for anything
+    the native path cannot do (other kernels, Sinkhorn's softmin). ``kernel`` is the kernel
+    of a kernel reduction, ``"softmin"`` for Sinkhorn's softmin, None for a reduction the
+    Triton path does not fuse.
     """
     check_backend(backend)
     if backend in ("torch", "keops"):
         return backend
+    if backend == "triton":
+        why = _triton_refusal(x, kernel, tensors)
+        if why is not None:
+            raise ValueError(f"backend='triton' cannot run here: {why}{what}; use "
+                             "backend='auto' or 'torch' (the fused path needs CUDA tensors "
+                             "and pip install 'flowkit[triton]')")
+        return "triton"
     why = _native_refusal(x, gaussian_rate, tensors)
     if backend == "native":
         if why is not None:
@@ -82,4 +112,9 @@ def route(backend: str, x: Tensor, *tensors: Tensor, gaussian_rate: float | None
             raise RuntimeError(f"backend='native' is unavailable: "
                                f"{native.unavailable_reason()}; use backend='torch'")
         return "native"
-    return "native" if why is None and native.library() is not None else "torch"
+    if why is None and native.library() is not None:
+        return "native"
+    # CUDA only: on CPU Triton runs under its interpreter, for tests, never by default
+    if x.device.type == "cuda" and _triton_refusal(x, kernel, tensors) is None:
+        return "triton"
+    return "torch"

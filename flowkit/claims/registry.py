@@ -124,7 +124,9 @@ def claims(only: Iterable[str] | None = None) -> list[Claim]:
     """The registered claims in registration order, or those named in ``only``."""
     _load()
     if only is None:
-        return list(REGISTRY.values())
+        # the table's order, whichever claim module was imported first (stable sort:
+        # registration order within a module; claims registered elsewhere come last)
+        return sorted(REGISTRY.values(), key=_table_rank)
     only = list(only)
     unknown = [i for i in only if i not in REGISTRY]
     if unknown:
@@ -194,6 +196,11 @@ def _rounded(numbers: dict[str, float]) -> dict[str, float]:
 
 
 _MODULES = ("core", "mmd", "games", "cg")  # the order of the table
+
+
+def _table_rank(claim: Claim) -> int:
+    module = claim.check.__module__.rpartition(".")[2]
+    return _MODULES.index(module) if module in _MODULES else len(_MODULES)
 
 
 def _load() -> None:

@@ -180,7 +180,8 @@ def _raise(message: str) -> NoReturn:
 
 def launch(module: ModuleType, args: argparse.Namespace,
            error: Callable[[str], NoReturn] | None = None) -> Any:
-    """Check, configure and run one experiment module; return its run folder.
+    """Check, configure and run one experiment module; return its run folder (None on the
+    ranks > 0 of a run sharded over processes, which write nothing).
 
     Parameters
     ----------
@@ -193,6 +194,7 @@ def launch(module: ModuleType, args: argparse.Namespace,
         created (the command line passes its parser's ``error``: exit code 2). By default a
         ``ValueError`` is raised.
     """
+    from flowkit.distributed import world
     from flowkit.plotting import style
     from flowkit.runs import RunFolder
 
@@ -211,7 +213,8 @@ def launch(module: ModuleType, args: argparse.Namespace,
     config["git"] = git_state()
     folder_name = getattr(module, "folder_name", None)
     name = folder_name(args) if folder_name is not None else module.NAME
-    folder = RunFolder(args.out, name, config)
+    # a module sharded over processes (the demo under torchrun): rank 0 alone writes
+    folder = RunFolder(args.out, name, config) if world()[0] == 0 else None
     torch.manual_seed(args.seed)
     with _threads(args.threads), style():  # one figure style for every experiment
         module.run(args, folder)

@@ -14,17 +14,20 @@ against the held-out digits every ``--eval-every`` iterations.
 Per run the *best* FD over the evaluations is kept. Per method: "best" = the lowest over
 learning rates and seeds (the paper's top-1); "mean" = at the learning rate with the lowest
 seed-mean, the mean and standard deviation over seeds (our stand-in for the paper's top-10
-mean). Writes ``config.json``, ``results.json``, ``table.md`` and ``fd.png``.
+mean). Writes ``config.json``, ``results.json``, ``table.md`` and ``fd.png`` / ``fd.pdf``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 import torch
 from torch import nn
+
+from flowkit.experiments._common import integer, launch
 
 NAME = "cg-digits"
 HELP = "CG (FR/PRP/HS/DY/HZ/hybrids) vs SGD, momentum, Adam on a DCGAN for 8x8 digits (FD)"
@@ -166,75 +169,75 @@ def format_table(summary: dict[str, dict[str, Any]], real_fd: float) -> str:
 
 
 def figure(results: dict[str, dict[str, list[dict]]], summary: dict, real_fd: float):
-    import matplotlib.pyplot as plt
+    """FD against iterations at each method's best lr, min-max band over seeds."""
+    from flowkit import plotting
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax,) = plotting.figure(width=5.2, height=3.0)
+    plotting.log_axis(ax)
+    curves = {}
     for name, by_lr in results.items():
         runs = by_lr[summary[name]["best_lr"]]
-        y = torch.tensor([r["FD"] for r in runs], dtype=torch.float64).clamp(max=1e4)
-        x = runs[0]["iters"]
-        line, = ax.plot(x, y.mean(0), label=f"{name} (lr {summary[name]['best_lr']:g})")
-        if len(runs) > 1:
-            ax.fill_between(x, y.min(0).values, y.max(0).values, alpha=0.15,
-                            color=line.get_color())
-    ax.axhline(real_fd, color="k", ls=":", lw=1, label="real vs real")
-    ax.set_yscale("log")
+        # a diverged run's FD is inf: clipped so that the curve stays on the axes
+        fd = [[min(v, 1e4) if v == v else 1e4 for v in r["FD"]] for r in runs]
+        curves[f"{name} (lr {summary[name]['best_lr']:g})"] = (runs[0]["iters"], fd)
+    plotting.plot_curves(ax, curves, band="range")
+    plotting.reference_line(ax, real_fd, "real vs real")
     ax.set_xlabel("iteration (one D step + one G step)")
     ax.set_ylabel("FD to held-out digits")
-    ax.set_title("DCGAN on 8x8 digits: best lr per method, min-max band over seeds",
-                 fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    ax.set_title("DCGAN on 8x8 digits: best lr per method, min-max band over seeds")
+    plotting.place_legend(fig)
     return fig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--iters", type=int, default=1000, help="GAN iterations per run")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds: seed, seed+1, ...")
-    parser.add_argument("--eval-every", type=int, default=200, help="iterations between FDs")
+    parser.add_argument("--iters", type=integer(1), default=1000, help="GAN iterations per run")
+    parser.add_argument("--seeds", type=integer(1), default=3, help="seeds: seed, seed+1, ...")
+    parser.add_argument("--eval-every", type=integer(1), default=200,
+                        help="iterations between FDs")
     parser.add_argument("--lr-rule", choices=["constant", "sqrt"], default="constant",
                         help="learning-rate rule of [NI23]: a, or a / sqrt(n)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--latent-dim", type=int, default=32)
-    parser.add_argument("--width", type=int, default=32, help="DCGAN width (both networks)")
-    parser.add_argument("--n-eval", type=int, default=1000, help="samples per FD")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true",
-                        help="30 iterations, one seed, one lr, SGD/momentum/Adam/CG-FR/CG-PRP")
+    parser.add_argument("--batch", type=integer(1), default=64, help="minibatch size")
+    parser.add_argument("--latent-dim", type=integer(1), default=32, help="latent dimension")
+    parser.add_argument("--width", type=integer(1), default=32,
+                        help="DCGAN width (both networks)")
+    parser.add_argument("--n-eval", type=integer(2), default=1000, help="samples per FD")
 
 
-def main(args: argparse.Namespace):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from flowkit.metrics import DigitsMetrics
-    from flowkit.runs import RunFolder
-
-    t_start = time.perf_counter()
+def configure(args: argparse.Namespace) -> dict[str, Any]:
+    """``--quick``: 30 iterations, one seed, one lr, SGD/momentum/Adam/CG-FR/CG-PRP."""
+    if torch.device(args.device).type != "cpu":
+        raise ValueError(f"--device {args.device}: cg-digits runs on the CPU only (8x8 "
+                         "images, small networks); use --device cpu")
     if args.quick:
         args.iters, args.seeds, args.eval_every = min(args.iters, 30), 1, 15
         args.n_eval, args.width = min(args.n_eval, 200), min(args.width, 16)
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    run = RunFolder(args.out, NAME, config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        metrics = DigitsMetrics()
-        data = metrics.split.train_images
-        real_fd = metrics.real_vs_real()["FD"]
-        results: dict[str, dict[str, list[dict]]] = {}
-        for name, spec in methods(args.quick).items():
-            lrs = LRS["adam" if spec["kind"] == "adam" else "sgd"]
-            lrs = lrs[1:2] if args.quick else lrs
-            results[name] = {lr: [train(spec, lr, args.seed + i, args, data, metrics)
-                                  for i in range(args.seeds)] for lr in lrs}
-            if not args.no_progress:
-                best = min(r["best_FD"] for runs in results[name].values() for r in runs)
-                print(f"  {name}: best FD {best:.2f}", flush=True)
-    finally:
-        torch.set_num_threads(threads)
+    if args.threads is None:
+        args.threads = 1  # small convolutions: one thread is the fastest
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+
+def main(args: argparse.Namespace):
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
+
+
+def run(args: argparse.Namespace, folder) -> None:
+    from flowkit.metrics import DigitsMetrics
+    from flowkit.plotting import save_figure
+
+    t_start = time.perf_counter()
+    metrics = DigitsMetrics()
+    data = metrics.split.train_images
+    real_fd = metrics.real_vs_real()["FD"]
+    results: dict[str, dict[str, list[dict]]] = {}
+    for name, spec in methods(args.quick).items():
+        lrs = LRS["adam" if spec["kind"] == "adam" else "sgd"]
+        lrs = lrs[1:2] if args.quick else lrs
+        results[name] = {lr: [train(spec, lr, args.seed + i, args, data, metrics)
+                              for i in range(args.seeds)] for lr in lrs}
+        if not args.no_progress:
+            best = min(r["best_FD"] for runs in results[name].values() for r in runs)
+            print(f"  {name}: best FD {best:.2f}", flush=True)
     summary = summarize(results)
     lines = verdicts(summary)
     wall = time.perf_counter() - t_start
@@ -243,10 +246,10 @@ def main(args: argparse.Namespace):
                       f"{args.seeds} seeds x {args.iters} iterations ({args.lr_rule} lr); "
                       f"wall time {wall:.1f} s"])
     print(text)
-    (run.file("table.md")).write_text(text + "\n", encoding="utf-8")
-    run.write_json("results.json", {"summary": summary, "verdicts": lines, "real_FD": real_fd,
-                                    "runs": {k: {str(lr): v for lr, v in by.items()}
-                                             for k, by in results.items()},
-                                    "total_wall_time": wall})
-    run.savefig(figure(results, summary, real_fd), "fd.png", dpi=80)
-    return run
+    folder.file("table.md").write_text(text + "\n", encoding="utf-8")
+    folder.write_json("results.json", {"summary": summary, "verdicts": lines,
+                                       "real_FD": real_fd,
+                                       "runs": {k: {str(lr): v for lr, v in by.items()}
+                                                for k, by in results.items()},
+                                       "total_wall_time": wall})
+    save_figure(figure(results, summary, real_fd), folder, "fd")

@@ -19,7 +19,8 @@ IS, FD (:mod:`flowkit.metrics`) and the exact pixel W2 against the 797 held-out 
 tracked against critic steps and outer iterations on fixed evaluation latents.
 
 Writes ``config.json``, ``results.json`` (every curve), ``table.md``, ``pretrained.pt``
-(reuse with ``--checkpoint``), ``pretrain.png``, ``figure3.png`` and sample grids.
+(reuse with ``--checkpoint``), ``pretrain``, ``figure3`` and the sample grids
+``samples_*`` (each a PNG beside a PDF, through :func:`flowkit.plotting.save_figure`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from flowkit.experiments._common import integer, launch, number
 
 NAME = "digits"
 HELP = "Algorithm 1 vs continued WGAN-GP from a plateaued DCGAN on 8x8 digits (paper Fig. 3)"
@@ -93,7 +98,7 @@ def make_wgan(cfg: DigitsConfig, data: Tensor, seed: int, generator=None, net=No
     from flowkit.critics.dcgan import DCGANCritic
 
     net = DCGANCritic(cfg.critic_width, seed=seed + 1) if net is None else net
-    critic = fk.critics.WGANGPCritic(penalty="two-sided", lam=cfg.lam, lr=cfg.lr,
+    critic = fk.critics.WGANGPCritic(penalty="two-sided", penalty_weight=cfg.lam, lr=cfg.lr,
                                      betas=cfg.betas, batch_size=cfg.batch_size,
                                      steps=cfg.n_critic, net=net, seed=seed + 2)
     generator = make_generator(cfg, seed) if generator is None else generator
@@ -207,15 +212,15 @@ def run_algorithm1(cfg: DigitsConfig, data: Tensor, ckpt: dict[str, Any], metric
     gen = gan.generator.eval()
     if critic_kind == "wgan-gp":
         critic: Any = fk.critics.WGANGPCritic(
-            penalty="two-sided", lam=cfg.lam, lr=cfg.alg1_lr, betas=cfg.betas,
+            penalty="two-sided", penalty_weight=cfg.lam, lr=cfg.alg1_lr, betas=cfg.betas,
             batch_size=cfg.batch_size, steps=cfg.critic_steps,
             net=copy.deepcopy(gan.critic.net), seed=seed + 4)
     else:
         features = DCGANCritic(cfg.critic_width, cfg.mmd_features, seed=seed + 5)
         critic = fk.critics.MMDCritic(features, fk.kernels.Gaussian(cfg.mmd_bandwidth),
-                                      cfg.mmd_penalty, lr=cfg.mmd_lr, betas=cfg.betas,
-                                      batch_size=cfg.batch_size, steps=cfg.critic_steps,
-                                      seed=seed + 4)
+                                      penalty_weight=cfg.mmd_penalty, lr=cfg.mmd_lr,
+                                      betas=cfg.betas, batch_size=cfg.batch_size,
+                                      steps=cfg.critic_steps, seed=seed + 4)
     objective = fk.objectives.AdversarialObjective(
         critic, data, "paper", LatentBase(gen, cfg.latent_dim), output_map=torch.tanh,
         seed=seed + 6)
@@ -323,45 +328,41 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+
 # --------------------------------------------------------------------------- figures
 
 
 def image_grid(images: Tensor, title: str, n: int = 64):
     """A square grid of the first ``n`` images ``(N, 1, 8, 8)`` in [-1, 1]."""
-    import matplotlib.pyplot as plt
+    from flowkit import plotting
 
     side = int(math.isqrt(min(n, len(images))))
     x = images[:side * side, 0].detach().cpu().reshape(side, side, 8, 8)
     grid = x.permute(0, 2, 1, 3).reshape(side * 8, side * 8)
-    fig, ax = plt.subplots(figsize=(3, 3.2))
+    fig, (ax,) = plotting.figure(width=3.0, height=3.2)
     ax.imshow(grid.numpy(), cmap="gray_r", vmin=-1, vmax=1)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title)
     ax.axis("off")
     return fig
 
 
 def curves_figure(arms: dict[str, list[dict[str, Any]]], real: dict[str, float],
-                  critic_steps: int, x_key: str = "critic_steps", title: str = ""):
+                  critic_steps: int, title: str = ""):
     """IS, FD and W2 against critic steps: mean and a min-max band over seeds per arm."""
-    import matplotlib.pyplot as plt
+    from flowkit import plotting
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plotting.figure(3, width=9.6, height=2.8)
+    labels = {"IS": "Inception score (higher is better)", "FD": "FD (lower is better)",
+              "W2": "pixel W$_2$ (lower is better)"}
     for ax, key in zip(axes, ("IS", "FD", "W2")):
-        for name, runs in arms.items():
-            if not runs:
-                continue
-            x = runs[0][x_key]
-            y = torch.tensor([r[key] for r in runs], dtype=torch.float64)
-            line, = ax.plot(x, y.mean(0), label=name)
-            if len(runs) > 1:
-                ax.fill_between(x, y.min(0).values, y.max(0).values, alpha=0.2,
-                                color=line.get_color())
-        ax.axhline(real[key], color="k", ls=":", lw=1, label="real vs real")
+        plotting.plot_curves(ax, {name: (runs[0]["critic_steps"], [r[key] for r in runs])
+                                  for name, runs in arms.items() if runs}, band="range")
+        plotting.reference_line(ax, real[key], "real vs real")
         ax.set_xlabel(f"critic steps ({critic_steps} per outer iteration)")
-        ax.set_title(key)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        ax.set_ylabel(labels[key])
+    plotting.place_legend(fig, axes[:1], loc="outside lower center")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -371,19 +372,19 @@ def curves_figure(arms: dict[str, list[dict[str, Any]]], real: dict[str, float],
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="reuse the pretrained.pt of an earlier run (skip pretraining)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds of the fine-tuning (3)")
-    parser.add_argument("--steps", type=int, default=None, help="outer steps T (30)")
-    parser.add_argument("--step-size", type=float, default=None, help="eta (0.5)")
-    parser.add_argument("--pretrain-max", type=int, default=None,
+    parser.add_argument("--seeds", type=integer(1), default=None,
+                        help="seeds of the fine-tuning (3)")
+    parser.add_argument("--steps", type=integer(1), default=None, help="outer steps T (30)")
+    parser.add_argument("--step-size", type=number(0, strict=True), default=None,
+                        help="eta (0.5)")
+    parser.add_argument("--pretrain-max", type=integer(1), default=None,
                         help="most WGAN-GP generator steps of the pretraining (2000)")
     parser.add_argument("--no-mmd", action="store_true", help="skip the MMD-critic arm")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny networks, 30 pretraining steps, T=3, one seed (tests)")
 
 
 def config_from_args(args: argparse.Namespace) -> DigitsConfig:
-    cfg = DigitsConfig(seed=args.seed, threads=args.threads)
+    """The run's settings: the paper's, ``--quick``'s, then the options given."""
+    cfg = DigitsConfig(seed=args.seed, threads=args.threads or 1)
     if args.quick:
         cfg = replace(cfg, **QUICK)
     over = {"seeds": args.seeds, "outer_steps": args.steps, "step_size": args.step_size,
@@ -391,40 +392,50 @@ def config_from_args(args: argparse.Namespace) -> DigitsConfig:
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     if args.no_mmd:
         cfg.mmd = False
-    if cfg.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
     return cfg
 
 
-def main(args: argparse.Namespace):
-    import matplotlib
+def configure(args: argparse.Namespace) -> dict[str, Any]:
+    """``--quick``: tiny networks, 30 pretraining steps, T = 3, one seed; one thread."""
+    if torch.device(args.device).type != "cpu":
+        raise ValueError(f"--device {args.device}: digits runs on the CPU only (8x8 images, "
+                         "small networks); use --device cpu")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint!r}: no such file")
+    if args.threads is None:
+        args.threads = 1  # small convolutions: one thread is the fastest
+    cfg = config_from_args(args)
+    if (cfg.outer_steps * cfg.critic_steps) % cfg.n_critic:
+        # continued WGAN-GP trains in whole generator steps of n_critic critic steps
+        raise ValueError(f"--steps {cfg.outer_steps}: outer steps x {cfg.critic_steps} critic "
+                         f"steps must be a multiple of n_critic = {cfg.n_critic}, so both arms "
+                         "are measured at equal critic steps")
+    args._cfg = cfg
+    return {**asdict(args._cfg), "device": args.device, "checkpoint": args.checkpoint}
 
-    matplotlib.use("Agg")
-    import flowkit as fk
+
+def main(args: argparse.Namespace):
+    """Run the experiment with parsed arguments (what the command line does)."""
+    return launch(sys.modules[__name__], args)
+
+
+def run(args: argparse.Namespace, folder) -> None:
     from flowkit.metrics import DigitsMetrics
 
     t_start = time.perf_counter()
-    cfg = config_from_args(args)
-    run = fk.RunFolder(args.out, "digits", {**asdict(cfg), "quick": args.quick,
-                                            "checkpoint": args.checkpoint})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        out = _run(cfg, args, run, DigitsMetrics())
-    finally:
-        torch.set_num_threads(threads)
+    cfg = getattr(args, "_cfg", None) or config_from_args(args)
+    out = _run(cfg, args, folder, DigitsMetrics())
     out["total_wall_time"] = time.perf_counter() - t_start
-    run.write_json("results.json", out)
+    folder.write_json("results.json", out)
     text = "\n".join([out["table_md"], "", out["verdict"], "",
                       f"classifier held-out accuracy {out['classifier_accuracy']:.4f}; "
                       f"wall time {out['total_wall_time']:.1f} s"])
-    (run.file("table.md")).write_text(text + "\n", encoding="utf-8")
+    folder.file("table.md").write_text(text + "\n", encoding="utf-8")
     print(text)
-    return run
 
 
-def _run(cfg: DigitsConfig, args: argparse.Namespace, run, metrics) -> dict[str, Any]:
-    from flowkit.plotting import plot_metrics
+def _run(cfg: DigitsConfig, args: argparse.Namespace, folder, metrics) -> dict[str, Any]:
+    from flowkit.plotting import plot_metrics, save_figure
 
     data = metrics.split.train_images
     real = metrics.real_vs_real()
@@ -433,10 +444,12 @@ def _run(cfg: DigitsConfig, args: argparse.Namespace, run, metrics) -> dict[str,
         ckpt, curve = load_checkpoint(cfg, args.checkpoint), None
     else:
         ckpt, curve = pretrain(cfg, data, metrics, progress=progress)
-        torch.save(ckpt, run.file("pretrained.pt"))
-        run.savefig(plot_metrics({"IS": (curve["generator_steps"], curve["IS"])},
+        torch.save(ckpt, folder.file("pretrained.pt"))
+        save_figure(plot_metrics({"WGAN-GP": (curve["generator_steps"], curve["IS"])},
                                  xlabel="WGAN-GP generator steps", ylabel="digits IS",
-                                 title="pretraining"), "pretrain.png", dpi=80)
+                                 logy=False, title="pretraining",
+                                 references={"real vs real": real["IS"]}),
+                    folder, "pretrain")
     arm_names = ["Algorithm 1 (WGAN-GP critic)", "WGAN-GP continued"]
     if cfg.mmd:
         arm_names.append("Algorithm 1 (MMD critic)")
@@ -461,17 +474,17 @@ def _run(cfg: DigitsConfig, args: argparse.Namespace, run, metrics) -> dict[str,
     start_is = summary["rows"][1]["IS"][0]
     gan0 = restore(cfg, data, ckpt, cfg.seed)
     z = eval_latents(cfg, cfg.seed + 100)
-    run.savefig(image_grid(samples(gan0.generator, z), "start (pretrained WGAN-GP)"),
-                "samples_start.png", dpi=80)
+    save_figure(image_grid(samples(gan0.generator, z), "start (pretrained WGAN-GP)"),
+                folder, "samples_start")
     for name, x in finals.items():
         slug = name.split(" (")[0].lower().replace(" ", "_") + (
             "_mmd" if "MMD" in name else "")
-        run.savefig(image_grid(x, f"{name}, end"), f"samples_{slug}.png", dpi=80)
-    run.savefig(image_grid(data, "training digits"), "samples_real.png", dpi=80)
-    run.savefig(curves_figure(arms, real, cfg.critic_steps,
+        save_figure(image_grid(x, f"{name}, end"), folder, f"samples_{slug}")
+    save_figure(image_grid(data, "training digits"), folder, "samples_real")
+    save_figure(curves_figure(arms, real, cfg.critic_steps,
                               title=f"digits: from the pretrained DCGAN (IS {start_is:.2f}), "
                                     f"{cfg.seeds} seed(s), eta={cfg.step_size}"),
-                "figure3.png", dpi=80)
+                folder, "figure3")
     return {"config": asdict(cfg), "classifier_accuracy": metrics.accuracy,
             "real_vs_real": real, "pretrain": curve, "arms": arms, "table": summary["rows"],
             "table_md": format_table(summary["rows"]), "verdict": summary["verdict"]}

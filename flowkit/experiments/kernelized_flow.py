@@ -47,8 +47,8 @@ def _train(solver: str, args: argparse.Namespace, data: torch.Tensor, held_out: 
            device: torch.device) -> dict:
     import flowkit as fk
 
-    gen = fk.critics.MLP(2, 2, hidden=args.hidden, depth=3,
-                         generator=torch.Generator().manual_seed(args.seed)).to(device)
+    gen = fk.nn.MLP(2, 2, hidden=args.hidden, depth=3,
+                    generator=torch.Generator().manual_seed(args.seed)).to(device)
     cg = solver == "cg"
     flow = fk.generators.ParametricKernelizedFlow(
         gen, data, fk.kernels.Gaussian(args.bandwidth), args.eta if cg else args.eta_gd,

@@ -250,7 +250,7 @@ def _baseline(cfg: ToyConfig, data: Tensor, critic: Any, monitors: list,
     history = gan.train(total_critic // cfg.n_critic, monitors=[*monitors, keep],
                         monitor_every=every, eval_latents=eval_latents, progress=progress)
     wall = time.perf_counter() - start
-    by_critic = dict(zip(history["critic_steps"], kept))
+    by_critic = dict(zip(history.critic_steps, kept))
     snaps = {s: by_critic[s * cfg.critic_steps] for s in cfg.snapshots
              if s * cfg.critic_steps in by_critic}
     return {"wgan_gp": {"history": history, "wall_time": wall},
@@ -261,8 +261,8 @@ def comparison_table(out: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows ``critic steps -> (W1, W2)`` of Algorithm 1 and of WGAN-GP at equal critic steps."""
     t0 = out["config"]["critic_steps"]
     h1 = out["algorithm1"]["history"]
-    h2 = out.get("wgan_gp", {}).get("history", {"critic_steps": []})
-    base = {c: i for i, c in enumerate(h2["critic_steps"])}
+    h2 = out.get("wgan_gp", {}).get("history")  # a WGANGPResult, absent without baseline
+    base = {c: i for i, c in enumerate(h2.critic_steps)} if h2 is not None else {}
     rows = []
     for i, step in enumerate(h1["step"]):
         c = step * t0
@@ -270,8 +270,8 @@ def comparison_table(out: dict[str, Any]) -> list[dict[str, Any]]:
                "alg1_W2": h1["W2"][i]}
         if c in base:
             j = base[c]
-            row.update(wgan_generator_steps=h2["generator_steps"][j], wgan_W1=h2["W1"][j],
-                       wgan_W2=h2["W2"][j])
+            row.update(wgan_generator_steps=h2.generator_steps[j],
+                       wgan_W1=h2.metrics["W1"][j], wgan_W2=h2.metrics["W2"][j])
         rows.append(row)
     return rows
 

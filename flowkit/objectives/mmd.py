@@ -103,7 +103,7 @@ class MMD(FunctionalObjective):
     memory_budget : int
         Bytes of temporaries allowed per block (default 256 MiB); a budget too small for
         one row of ``N + M`` columns raises ``ValueError`` at the first evaluation.
-    backend : {"auto", "torch", "native", "keops"}
+    backend : {"auto", "torch", "native", "keops", "triton"}
         Where the kernel sums run (see :mod:`flowkit.backends`): ``"auto"`` takes the fused
         native Gaussian path on CPU float32 when available, else plain torch.
 

@@ -18,7 +18,7 @@ Sobolev descent is a *preconditioned* descent of the feature MMD
 :math:`\frac12\|\mathbb E_p\Phi - \mathbb E_q\Phi\|^2` (the MMD decreases along the
 continuous flow; Mroueh et al. 2019 [MrouehEtAl19]): its direction is not the :math:`L^2(\mu)`
 gradient of that value, so :class:`SobolevDescent` defines no ``value`` (monitor
-:meth:`SobolevDescent.feature_mmd2` or an :class:`flowkit.monitors.MMDMonitor`). The
+:meth:`SobolevDescent.feature_mmd2` or an :class:`flowkit.monitors.MMD`). The
 linear solve costs :math:`O(m^3)` per step, the price Arbel et al. (2019) point out
 against the plain MMD flow.
 """
