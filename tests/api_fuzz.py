@@ -6,7 +6,10 @@ back:
 
 * ``clear``: a ``ValueError`` or ``TypeError`` whose message names the argument;
 * ``correct``: a result, for a bad value that has a sensible reading (a float64 weight vector
-  next to float32 samples, a numpy array), equal to the call with the value converted;
+  next to float32 samples, a numpy array), equal to the call with the value converted; or,
+  where an entry documents that non-finite input propagates (``first_variation``, which
+  the engine calls at every step and so leaves the finiteness test to the engine's own
+  check rather than synchronise with the device), a result that is visibly non-finite;
 * ``silent``: a result where an error was due, or a non-finite / different result;
 * ``raw``: any other exception, or a ``ValueError``/``TypeError`` that does not name the
   argument.
@@ -158,6 +161,8 @@ class Entry:
     # where the caller's name for an argument differs from the keyword (e.g. a method
     # argument passed through a lambda), the name the message must contain
     names: dict[str, str] = field(default_factory=dict)
+    # NaN/inf input may come back as a visibly non-finite result instead of an error
+    propagates_nonfinite: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return {k: make() for k, make in self.good.items()}
@@ -201,6 +206,8 @@ def classify(entry: Entry, arg: str, bad: Bad) -> tuple[str, str]:
         return "raw", f"unnamed {type(err).__name__}: {err}"
     except Exception as err:  # noqa: BLE001 - the point is to catch anything raw
         return "raw", f"{type(err).__name__}: {err}"
+    if entry.propagates_nonfinite and bad.label in ("nan", "inf") and not _result_ok(result):
+        return "correct", "non-finite input propagated to a non-finite result"
     if bad.must_raise:
         return "silent", f"returned {type(result).__name__} without an error"
     if not _result_ok(result):
@@ -273,7 +280,8 @@ def _objective_entries() -> list[Entry]:
 
             # without a target, any event shape is a valid sample
             kind = "sample" if name == "InteractionEnergy" else "particles"
-            out.append(Entry(f"objectives.{name}.{method}", call, {"x": _x}, {"x": kind}))
+            out.append(Entry(f"objectives.{name}.{method}", call, {"x": _x}, {"x": kind},
+                             propagates_nonfinite=method == "first_variation"))
     return out
 
 
@@ -353,7 +361,7 @@ def _theory_entries() -> list[Entry]:
               {"step_size": "positive", "n_steps": "count"}),
         Entry("theory.lipschitz_bound", lambda x, n_iter: t.lipschitz_bound(psi, x,
                                                                              n_iter=n_iter),
-              {"x": _x, "n_iter": lambda: 5}, {"x": "particles", "n_iter": "count"}),
+              {"x": _x, "n_iter": lambda: 5}, {"x": "sample", "n_iter": "count"}),
     ]
 
 
