@@ -177,24 +177,10 @@ def check_weights(weights: object, n: int, name: str = "weights", *, like: Tenso
     ``normalized`` the sum must be 1 within ``atol`` (relative to the dtype's precision the
     default suits float32 and float64).
     """
-    if not isinstance(weights, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape ({n},), got "
-                        f"{type(weights).__name__}")
-    if weights.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), one weight per sample, got "
-                         f"{tuple(weights.shape)}")
-    if not weights.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {weights.dtype}")
-    if like is not None:
-        if weights.device != like.device:
-            raise ValueError(f"{name} is on {weights.device} but the samples are on "
-                             f"{like.device}; move them with {name}.to(x.device)")
-        if weights.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {weights.dtype} but the samples have "
-                            f"{like.dtype}; cast them with {name}.to(x.dtype)")
+    # the shape, dtype, device and finiteness checks are those of any weight vector
+    check_signed_weights(weights, n, name, like=like)
     if weights.device.type == "meta":
         return weights
-    check_finite(weights, name)
     if bool((weights < 0).any()):
         raise ValueError(f"{name} must be non-negative, got a minimum of "
                          f"{float(weights.min()):.3g}")
