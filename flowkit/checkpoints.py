@@ -6,7 +6,7 @@ since the previous one to a new file ``layers_<first>-<last>.pt`` and rewrites o
 small main file, so its cost per step does not grow with the number of layers.
 
 The main file is ``torch.save`` of a plain dictionary: ``format``, ``version``, ``meta``
-(what the checkpoint belongs to: objective class and a digest of its configuration, step
+(what the checkpoint belongs to: objective class and a hash of its configuration, step
 size, particle shape and dtype, flowkit version), ``payload`` (the serialised run state, as
 bytes), ``sha256`` (of the payload) and ``layers`` (count and the SHA-256 of each layer
 file). Every read goes through :func:`flowkit.serialization.safe_load`, so a file never
@@ -99,10 +99,10 @@ def check_target(path: Any, name: str = "checkpoint") -> Path:
     if not parent.is_dir():
         raise ValueError(f"{name}={str(path)!r}: the directory {str(parent)!r} does not exist; "
                          "create it first (e.g. Path(...).mkdir(parents=True))")
-    try:  # the only reliable writability test is a write
-        with atomic_write(path.with_name(path.name + ".probe")) as tmp:
-            tmp.write_bytes(b"")
-        path.with_name(path.name + ".probe").unlink()
+    try:  # the only reliable writability test is a write, under a name no other writer uses
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise ValueError(f"{name}={str(path)!r} is not writable ({err.strerror}); choose a "
                          "location you can write to") from None
@@ -154,7 +154,7 @@ def read_layers(path: Path, blob: dict[str, Any], trusted_classes: Iterable[Any]
         return []
     directory = layers_dir(path)
     layers: list[nn.Module] = []
-    for first, last, digest in info["segments"]:
+    for first, last, checksum in info["segments"]:
         file = segment_file(directory, first, last)
         try:
             data = file.read_bytes()
@@ -162,7 +162,7 @@ def read_layers(path: Path, blob: dict[str, Any], trusted_classes: Iterable[Any]
             raise CheckpointError(f"checkpoint {path} needs layer file {file}, which cannot "
                                   f"be read ({err.strerror}); keep the {directory.name} "
                                   "directory next to the checkpoint") from None
-        if sha256(data) != digest:
+        if sha256(data) != checksum:
             raise CheckpointError(f"layer file {file} is corrupted or from another run: it "
                                   "does not match the checksum recorded in the checkpoint")
         segment = _load(io.BytesIO(data), f"layer file {str(file)!r}", trusted_classes,

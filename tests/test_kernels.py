@@ -224,11 +224,10 @@ def test_weights_of_another_dtype_are_refused_not_misread(gen, wdtype, backend):
             fn(x, y, K.Gaussian(1.0), w, backend=backend)
 
 
+@NATIVE
 def test_native_gate_checks_every_tensor():
     from flowkit.backends import native
 
-    if not native_available():
-        pytest.skip("native path needs gcc and AVX2")
     lib = native.library()
     x, out = torch.zeros(4, 2), torch.zeros(4, 1)
     yt, vt = torch.zeros(2, 8), torch.zeros(1, 8)

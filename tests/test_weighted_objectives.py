@@ -47,10 +47,10 @@ def _particles(n=6, seed=0):
     return x, w / w.sum()
 
 
-@pytest.mark.parametrize("name", NAMES)
+# the energy distance's value is not differentiable at coincident points, so autograd has
+# no gradient to hold it against; its weighted convention is checked by duplication below
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "energy"])
 def test_functional_gradient_is_the_weighted_l2_gradient(name):
-    if name == "energy":
-        pytest.skip("energy distance: value not differentiable at coincident points")
     obj = _objectives()[name]()
     x, w = _particles()
     z = x.clone().requires_grad_(True)

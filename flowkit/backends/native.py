@@ -3,12 +3,12 @@ r"""The native backend: fused Gaussian reductions in C (AVX2 + FMA, float32, CPU
 The C source ships with the package (``fk_native.c``); it is compiled once with the system
 C compiler and cached on disk. The cache is never trusted blindly:
 
-* the cache key is a digest of the source, the compiler flags and the compiler's identity
+* the cache key is a checksum of the source, the compiler flags and the compiler's identity
   (its resolved path and ``--version``), so a new compiler or new flags build a new file;
 * a build goes to a temporary name, is loaded and checked against a known answer, and only
   then renamed into place (atomically), with a sidecar file holding the SHA-256 of the
   library;
-* before a cached library is loaded its digest is compared with the sidecar: a truncated,
+* before a cached library is loaded its checksum is compared with the sidecar: a truncated,
   corrupted or foreign file is never handed to ``dlopen`` (a truncated ELF file can kill
   the process with SIGBUS); it is rebuilt, and a rebuilt library that fails the
   known-answer check is refused.
@@ -172,7 +172,7 @@ def _known_answer(lib: NativeLibrary) -> None:
 
 
 def load_or_build(cache: Path | None = None) -> NativeLibrary:
-    """Load the cached library if its digest checks out, else build, verify and cache it."""
+    """Load the cached library if its checksum checks out, else build, verify and cache it."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise NativeBuildError(f"the native path needs an x86-64 CPU, this is "
                                f"{platform.machine()}")
@@ -203,10 +203,10 @@ def load_or_build(cache: Path | None = None) -> NativeLibrary:
                                    f"{proc.stderr[-500:]}", loud=True)
         lib = NativeLibrary(out)  # verified under its temporary name, before it is cached
         _known_answer(lib)
-        digest = Path(tmp) / "digest"
-        digest.write_text(_sha256(out))
-        # the digest first: a reader that sees the new library with an old digest rebuilds
-        os.replace(digest, digest_path)
+        checksum = Path(tmp) / "checksum"
+        checksum.write_text(_sha256(out))
+        # the checksum first: a reader that sees the new library with an old checksum rebuilds
+        os.replace(checksum, digest_path)
         os.replace(out, lib_path)  # atomic: concurrent processes never see half a file
     lib.path = lib_path  # the loaded file, renamed
     return lib
