@@ -195,7 +195,7 @@ def _rounded(numbers: dict[str, float]) -> dict[str, float]:
     return out
 
 
-_MODULES = ("core", "mmd", "games", "cg")  # the order of the table
+_MODULES = ("core", "mmd", "games", "cg", "flows")  # the order of the table
 
 
 def _table_rank(claim: Claim) -> int:
