@@ -72,7 +72,9 @@ def _saddle_methods(momentum: float) -> dict[str, dict]:
     return methods
 
 
-def _optimizer(params: list[torch.Tensor], lr: float, spec: dict) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.Tensor], lr: float, spec: dict) -> torch.optim.Optimizer:
+    """The optimizer a method spec names: ``{"kind": "cg" | "adam" | "sgd", **options}``
+    (shared by the toy and digits CG experiments, so both compare the same optimizers)."""
     from flowkit.games import ConjugateGradient
 
     options = {k: v for k, v in spec.items() if k != "kind"}
@@ -90,7 +92,7 @@ def _run_saddle(spec: dict, steps: int, lr_x: float, lr_y: float,
     game = ProductSaddle(device=device)
     x = nn.Parameter(torch.tensor([_SADDLE_START[0]], dtype=torch.float64, device=device))
     y = nn.Parameter(torch.tensor([_SADDLE_START[1]], dtype=torch.float64, device=device))
-    opt = TwoPlayerOptimizer(_optimizer([x], lr_x, spec), _optimizer([y], lr_y, spec))
+    opt = TwoPlayerOptimizer(make_optimizer([x], lr_x, spec), make_optimizer([y], lr_y, spec))
     path = [(x.item(), y.item())]
     for _ in range(steps):
         opt.step(lambda: game.value(x, y))
@@ -141,8 +143,8 @@ def _train_gan(lr: float, spec: dict, seed: int, args: argparse.Namespace,
     eval_noise = torch.randn(args.n_eval, latent, generator=gen).to(device)
     G = _mlp([latent, args.hidden, args.hidden, 2], gen).to(device)
     D = _mlp([2, args.hidden, args.hidden, 1], gen).to(device)
-    opt = TwoPlayerOptimizer(_optimizer(list(G.parameters()), lr, spec),
-                             _optimizer(list(D.parameters()), lr, spec),
+    opt = TwoPlayerOptimizer(make_optimizer(list(G.parameters()), lr, spec),
+                             make_optimizer(list(D.parameters()), lr, spec),
                              mode="alternating", first="max")
 
     def losses() -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from flowkit.experiments._common import integer, launch
+from flowkit.experiments.cg import make_optimizer
 
 NAME = "cg-digits"
 HELP = "CG (FR/PRP/HS/DY/HZ/hybrids) vs SGD, momentum, Adam on a DCGAN for 8x8 digits (FD)"
@@ -50,17 +51,6 @@ def methods(quick: bool = False) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _optimizer(params: list[torch.Tensor], lr: float, spec: dict) -> torch.optim.Optimizer:
-    from flowkit.games import ConjugateGradient
-
-    options = {k: v for k, v in spec.items() if k != "kind"}
-    if spec["kind"] == "cg":
-        return ConjugateGradient(params, lr=lr, **options)
-    if spec["kind"] == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-    return torch.optim.SGD(params, lr=lr, **options)
-
-
 def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torch.Tensor,
           metrics) -> dict[str, Any]:
     """One non-saturating GAN run; FD and IS on fixed latents every ``eval_every``."""
@@ -74,7 +64,7 @@ def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torc
     G = DCGANGenerator(args.latent_dim, args.width, seed=seed)
     D = DCGANCritic(args.width, seed=seed + 1)
     z_eval = torch.randn(args.n_eval, args.latent_dim, generator=g)
-    opt_g, opt_d = _optimizer(list(G.parameters()), lr, spec), _optimizer(
+    opt_g, opt_d = make_optimizer(list(G.parameters()), lr, spec), make_optimizer(
         list(D.parameters()), lr, spec)
     schedules = [lr_schedule(o, args.lr_rule) for o in (opt_g, opt_d)]
     opt = TwoPlayerOptimizer(opt_g, opt_d, mode="alternating", first="max")
