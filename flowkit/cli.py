@@ -7,7 +7,8 @@ created.
 
 Sub-commands are registered by the functions of :data:`COMMANDS`; another command is one
 more function ``register(subparsers)`` appended there, which adds its parser and sets
-``handler`` (a callable ``args -> int``) with ``parser.set_defaults``.
+``_handler`` (a callable ``args -> int``) with ``parser.set_defaults``; the leading
+underscore keeps it out of the run's ``config.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _add_experiment(sub: argparse._SubParsersAction, name: str, module: object) 
             print(f"results written to {folder.path}")
         return 0
 
-    parser.set_defaults(handler=handler, _module=module)
+    parser.set_defaults(_handler=handler, _module=module)
 
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +78,7 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:
 
     parser = sub.add_parser("verify", help=verify.HELP, description=verify.HELP)
     verify.add_arguments(parser)
-    parser.set_defaults(handler=verify.main)
+    parser.set_defaults(_handler=verify.main)
 
 
 #: Functions ``register(subparsers)``, one per top-level sub-command, in help order.
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flowkit`` with ``argv`` (default: the process's arguments); the exit code."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return args._handler(args)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,10 @@ def test_config_records_command_line_versions_and_git(tmp_path):
     assert config["config"]["seed"] == 4 and config["config"]["threads"] == 1
     assert config["config"]["quick"] is True and config["config"]["steps"] == 40
     assert config["versions"]["torch"] and config["argv"]
+    # the configuration is data: no parser plumbing, no repr of a function
+    assert "handler" not in config["config"]
+    assert not any(isinstance(v, str) and v.startswith("<function")
+                   for v in config["config"].values())
     git = config["config"]["git"]
     assert git == _common.git_state()
     if git is not None:
