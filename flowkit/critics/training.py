@@ -48,6 +48,11 @@ class CriticTrainingState:
     """
 
     _module_key = "net"
+    #: Set by :class:`flowkit.distributed.DDPCritic`: ``(fake, real, points) -> (module,
+    #: rows, factor)``, this rank's rows of a minibatch whose randomness every rank drew
+    #: alike, the DDP-wrapped module, and the factor that makes DDP's gradient average the
+    #: global batch mean. ``None``: one process, the whole batch.
+    data_parallel: Any = None
 
     def _configure_training(self, *, lr: float, betas: Sequence[float], batch_size: int,
                             steps: int, seed: int | torch.Generator,
