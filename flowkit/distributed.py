@@ -42,6 +42,7 @@ import queue as queue_mod
 import socket
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -586,9 +587,10 @@ class RingPointCloud(PointCloud):
     :class:`ShardedSinkhornDivergence` on validated inputs; a collective, as the ring is.
     """
 
+    #: the process group, and every rank's row counts of ``x`` and ``y`` (set by :meth:`ring`)
     group: Any = None
-    x_sizes: list[int]
-    y_sizes: list[int]
+    x_sizes: list[int] = []
+    y_sizes: list[int] = []
 
     @classmethod
     def ring(cls, x: Tensor, y: Tensor, a: Tensor, b: Tensor, x_sizes: list[int],
@@ -649,7 +651,7 @@ class RingPointCloud(PointCloud):
 
 
 class ShardedSinkhornPotential(SinkhornPotential):
-    r"""The Sinkhorn first variation :math:`f_{lphaeta} - f_{lphalpha}` of a sharded run.
+    r"""The Sinkhorn first variation :math:`f_{\alpha\beta} - f_{\alpha\alpha}` of a sharded run.
 
     Holds this rank's particles and data shards with their logits (global weights); its
     softmins and soft barycentres are ring reductions (:class:`RingPointCloud`), so
@@ -674,7 +676,8 @@ class ShardedSinkhornPotential(SinkhornPotential):
         policy = {"block_size": None, "memory_budget": self.memory_budget,
                   "backend": self.backend}
         z_sizes = _all_gather_rows(zc, self.group)
-        ones = zc.new_ones(zc.shape[0])  # the rows' weights are never read by a softmin
+        # weights of the evaluated rows: never read by a softmin
+        ones = zc.new_ones(zc.shape[0])
         return (RingPointCloud.ring(zc, self.data, ones, self.h_b, z_sizes, self.sizes[1],
                                     self.group, policy),
                 RingPointCloud.ring(zc, self.particles, ones, self.h_a, z_sizes,
@@ -700,7 +703,7 @@ class ShardedSinkhornDivergence(SinkhornDivergence):
     r"""The debiased Sinkhorn divergence to a target, particles and target sharded.
 
     The objective of :class:`flowkit.objectives.SinkhornDivergence` (Feydy et al. 2019
-    [FeydyEtAl19]; log-domain Sinkhorn, Peyré & Cuturi 2019 [PeyreCuturi19], ch. 4) for
+    [FeydyEtAl19]; log-domain Sinkhorn, Peyré & Cuturi 2019, ch. 4) for
     the *union* of the shards, solved by the same loop
     (:func:`flowkit.objectives.sinkhorn.sinkhorn`) on :class:`RingPointCloud` s: each
     softmin is a ring pass over the other ranks' shards, the convergence test and the
@@ -772,7 +775,7 @@ class ShardedSinkhornDivergence(SinkhornDivergence):
             eps, s["center"], self.memory_budget, self.backend, sizes, self.group)
 
     def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
-        r""":math:`S_arepsilon` of the union of the shards, the same on every rank."""
+        r""":math:`S_\varepsilon` of the union of the shards, the same on every rank."""
         s = self._solve(x, self._check(x, weights))
         g = s["g_ab"] - self._g_bb_cached(s["yc"])
         local = (s["f_ab"] - s["f_aa"]) @ s["a"] + g @ s["b"]
@@ -845,10 +848,10 @@ class DDPCritic:
         critic = self.critic
         critic._ready(data)
         if self._ddp is None and world(self.group)[1] > 1:
-            from torch.nn.parallel import DistributedDataParallel
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self._ddp = DistributedDataParallel(critic._trained(), process_group=self.group,
-                                                gradient_as_bucket_view=True)
+            kw = {"process_group": self.group, "gradient_as_bucket_view": True}
+            self._ddp = DDP(critic._trained(), **kw)
         rank, size = world(self.group)
         a, b = shard_bounds(critic.batch_size, size, rank)
         factor = size * (b - a) / critic.batch_size
@@ -862,6 +865,10 @@ class DDPCritic:
     def fit(self, particles: Tensor, data: Tensor, steps: int | None = None) -> Potential:
         """Train ``steps`` Adam steps on every rank's shard of ``particles`` (a collective)."""
         critic = self.critic
+        if not isinstance(particles, Tensor):
+            raise TypeError("particles must be this rank's tensor of particles: DDPCritic "
+                            "trains on the pool (AdversarialObjective mode='pool'), got "
+                            f"{type(particles).__name__}")
         check_particles(data, "data")
         check_particles(particles, "particles")
         check_compatible(particles, data, "particles", "data")
@@ -882,7 +889,11 @@ class DDPCritic:
             return _all_reduce_sum(out, self.group, "DDPCritic: assembling the minibatch")
 
         try:
-            critic.train(batch, data, steps)
+            with warnings.catch_warnings():
+                # DDP's note that a (1, k) gradient has strides (1, 1), not (k, 1): the same
+                # numbers, laid out as autograd's double backward produced them
+                warnings.filterwarnings("ignore", "Grad strides do not match")
+                critic.train(batch, data, steps)
         finally:
             critic.data_parallel = None
         critic.n_fits += 1

@@ -33,7 +33,7 @@ def _flow(objective, **kw):
 
 def _sinkhorn(dtype, sharded):
     _, y = _data(dtype)
-    kw = {"blur": 1.0, "tol": 1e-8 if dtype == torch.float64 else 1e-4}
+    kw = {"blur": 1.0, "tol": 1e-6 if dtype == torch.float64 else 1e-4}
     if sharded:
         return fkd.ShardedSinkhornDivergence(fkd.shard(y), **kw)
     return fk.objectives.SinkhornDivergence(y, **kw)
@@ -95,6 +95,10 @@ def _sharded_cases():
 
 @pytest.fixture(scope="module")
 def sharded():
+    # DistributedDataParallel's constructor imports torch._dynamo (seconds): once, here,
+    # so that the forked children inherit it instead of each importing it
+    import torch._dynamo  # noqa: F401
+
     return fkd.launch(_sharded_cases, 2, timeout=60, **FAST)
 
 
