@@ -12,7 +12,10 @@ travel are the blocks themselves: ``(P - 1)`` messages of one block each per red
 The local pieces are the public single-process reductions of :mod:`flowkit.kernels`
 (``kernel_sum``, ``kernel_grad_sum``), so every backend (torch, native, KeOps, and the
 fused Triton path of :mod:`flowkit.triton_kernels` once routed) works unchanged under the
-ring; the only difference from one process is the order of the floating-point sums.
+ring; the only difference from one process is the order of the floating-point sums. The
+Sinkhorn softmin is a ring pass too (:class:`RingPointCloud`, whose blocks' log-sum-exps
+are combined by ``logaddexp``), so :class:`ShardedSinkhornDivergence` runs the one
+Sinkhorn loop of :mod:`flowkit.objectives.sinkhorn`.
 
 On top of the ring: :class:`ShardedMMD` and :class:`ShardedEnergyDistance`, objectives
 whose first variation's gradient at the local shard equals the rows of the single-process
@@ -23,6 +26,10 @@ to show one progress bar (:func:`show_progress`), to name per-rank checkpoints a
 their manifest (:func:`sharded_checkpoint_path`, :func:`write_manifest`,
 :func:`read_manifest`), and :func:`launch` to run a function on ``nprocs`` local processes
 (tests, notebooks). Scripts launched by ``torchrun`` call :func:`init_from_env` instead.
+Algorithm 1's critic trains under ``DistributedDataParallel`` (:class:`DDPCritic`), noise
+layers add each rank's rows of the global noise draw (the engine seam), and
+:func:`gather_layers` turns a sharded run's layer stack into one that replays it on one
+process.
 
 Every collective here must be called by all ranks of the group in the same order (a
 potential's ``grad`` and ``forward``, an objective's ``value`` and ``validate``, the

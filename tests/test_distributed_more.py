@@ -65,7 +65,7 @@ CASES = {"sinkhorn": _sinkhorn, "ddp": _adversarial, "langevin": _langevin, "mmd
 STEPS = 2
 
 
-def _sharded_cases():
+def _sharded_cases(tmp):
     out = {}
     for name, make in CASES.items():
         for dtype in (torch.float64, torch.float32):
@@ -79,6 +79,13 @@ def _sharded_cases():
                                 "own": res.layers}
             if name == "sinkhorn":
                 out[name, dtype]["value"] = obj.value(res.particles)
+            if dtype == torch.float64 and name in ("sinkhorn", "ddp"):
+                # stopped after one step, resumed to STEPS: the warm start's potentials,
+                # the critic's weights, Adam and RNG state come back on every rank
+                _flow(make(dtype, True), noise_seed=3).run(fkd.shard(x0), 1,
+                                                          checkpoint=tmp / name)
+                resumed = _flow(make(dtype, True), noise_seed=3).resume(tmp / name, STEPS)
+                out[name, dtype]["resumed"] = torch.equal(resumed.particles, res.particles)
     for k in (3, 5):  # fewer directions than dimensions: projections travel; else points
         x0, y = _data(torch.float64, d=4)
         w2 = fkd.ShardedWasserstein(fkd.shard(y), estimator="sliced", n_projections=k, seed=7)
@@ -94,12 +101,12 @@ def _sharded_cases():
 
 
 @pytest.fixture(scope="module")
-def sharded():
+def sharded(tmp_path_factory):
     # DistributedDataParallel's constructor imports torch._dynamo (seconds): once, here,
     # so that the forked children inherit it instead of each importing it
     import torch._dynamo  # noqa: F401
 
-    return fkd.launch(_sharded_cases, 2, timeout=60, **FAST)
+    return fkd.launch(_sharded_cases, 2, tmp_path_factory.mktemp("ckpt"), timeout=60, **FAST)
 
 
 def _single(name, dtype):
@@ -117,6 +124,12 @@ def test_sharded_run_equals_the_single_process_run(sharded, name, dtype):
     torch.testing.assert_close(got, ref.particles, rtol=0, atol=TOL[dtype])
     x0, _ = _data(dtype)
     assert (ref.particles - x0).abs().max() > 1e-2  # the flow moved: a real comparison
+
+
+@pytest.mark.parametrize("name", ["sinkhorn", "ddp"])
+def test_a_sharded_run_resumes_bit_identically(sharded, name):
+    assert sharded[0][name, torch.float64]["resumed"]
+    assert sharded[1][name, torch.float64]["resumed"]
 
 
 def test_sharded_sinkhorn_value_is_the_global_one_on_every_rank(sharded):
@@ -190,3 +203,13 @@ def test_sharded_sliced_monitor_needs_an_int_seed():
     with pytest.raises(TypeError, match="seed must be an int"):
         fkd.ShardedWasserstein(torch.randn(4, 2), estimator="sliced",
                                seed=torch.Generator())
+
+
+def test_algorithm1_resumes_bit_identically_in_float64(tmp_path):
+    # regression: the resumed critic was a fresh float32 network into which the float64
+    # weights were loaded (rounded to float32) before the network followed the data
+    x0, _ = _data(torch.float64)
+    ref = _flow(_adversarial(torch.float64, False)).run(x0, 2)
+    _flow(_adversarial(torch.float64, False)).run(x0, 1, checkpoint=tmp_path / "c.pt")
+    res = _flow(_adversarial(torch.float64, False)).resume(tmp_path / "c.pt", 2)
+    assert torch.equal(res.particles, ref.particles)
