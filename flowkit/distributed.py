@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -1015,8 +1016,12 @@ class ShardedWasserstein:
     A collective: pass it to the engine on every rank. With the default ``estimator``
     (``"auto"``, exact up to ``exact_max`` points, the labelled subsample estimate above)
     the particles and the target shards are gathered to rank 0 (the target once), which
-    evaluates :class:`flowkit.monitors.W2` (or ``W1``) on them: ``8 N D`` bytes per call
-    reach rank 0 (float64 on the wire as the monitor computes; ``D`` the event size).
+    evaluates :class:`flowkit.monitors.W2` (or ``W1``) on them: ``N D`` numbers of the
+    particles' dtype per call reach rank 0 (``D`` the event size). Above ``exact_max``
+    particles (an int ``seed``), every rank draws from the seed the rows the subsample
+    estimator's solves will read and only those travel (one reduce of at most
+    ``n_repeats * exact_max * D`` numbers); rank 0's monitor, drawing the same rows, never
+    reads the others.
 
     With ``estimator="sliced"`` (the sliced distance of Bonneel et al. 2015 [Bonneel15],
     ``n_projections = K`` directions, ``seed`` an int) every rank projects its own rows on
@@ -1048,12 +1053,12 @@ class ShardedWasserstein:
             check_int(seed, "seed", minimum=0)
         self._monitor: Any = None
         self._gathered = False
+        self._m_total = 0
         self._directions: Any = None
         self._target_proj: Any = None
 
     def _sliced(self, x: Tensor) -> dict[str, Any] | None:
         """The sliced estimate from gathered projections (or particles): rank 0's value."""
-        import numpy as np
         import ot
 
         from flowkit.monitors import _int_seed
@@ -1076,8 +1081,6 @@ class ShardedWasserstein:
 
     def _project(self, x: Tensor) -> Any:
         """Every rank's rows projected on the directions, on rank 0 (``None`` elsewhere)."""
-        import numpy as np
-
         dirs = self._directions
         flat = x.detach().flatten(1).to(torch.float64)
         if dirs.shape[1] < flat.shape[1]:  # fewer numbers than the points themselves
@@ -1087,6 +1090,39 @@ class ShardedWasserstein:
         full = gather_particles(flat, 0, self.group)
         return None if full is None else np.dot(full.cpu().numpy(), dirs)
 
+    def _gather_rows(self, x: Tensor) -> Tensor | None:
+        """The particles on rank 0 (``None`` elsewhere); above ``exact_max`` only the rows
+        the subsample estimator's solves read, the others left zero (never read)."""
+        from flowkit.monitors import EXACT_MAX, _subsamples
+
+        kw = self._kwargs
+        seed, exact_max = kw.get("seed", 0), kw.get("exact_max", EXACT_MAX)
+        sizes = check_consistent(x, "x", self.group)
+        n, m = sum(sizes), self._m_total
+        if (kw.get("estimator", "auto") not in ("auto", "subsample") or n <= exact_max
+                or isinstance(seed, torch.Generator) or world(self.group)[1] == 1):
+            return gather_particles(x, 0, self.group)
+        # every rank draws the solves' rows from the seed, as rank 0's monitor will
+        rows = torch.from_numpy(np.unique(np.concatenate(
+            [ix for ix, _ in _subsamples(n, m, exact_max, kw.get("n_repeats", 3), seed)])))
+        rank = world(self.group)[0]
+        start = sum(sizes[:rank])
+        mine = (rows >= start) & (rows < start + x.shape[0])
+        flat = x.detach().flatten(1)
+        buf = flat.new_zeros((len(rows), flat.shape[1]))
+        buf[mine] = flat[rows[mine] - start]
+        device = _comm_device(self.group, x)
+        buf = buf.to(device)
+        try:  # each row comes from one rank, zeros from the others: the sum is exact
+            dist.reduce(buf, dst=_global(self.group, 0), group=self.group)
+        except RuntimeError as err:
+            raise _wrap(err, "ShardedWasserstein", rank) from err
+        if rank != 0:
+            return None
+        full = flat.new_zeros((n, flat.shape[1]), device=device)
+        full[rows] = buf
+        return full.view(n, *x.shape[1:]).to(x.device)
+
     def __call__(self, state: Any) -> dict[str, Any]:
         x = state if isinstance(state, Tensor) else state.particles
         rank, _ = world(self.group)
@@ -1094,11 +1130,12 @@ class ShardedWasserstein:
             out = [self._sliced(x)]
         else:
             if not self._gathered:
+                self._m_total = sum(check_consistent(self.target, "target", self.group))
                 full_target = gather_particles(self.target, 0, self.group)
                 if rank == 0:
                     self._monitor = self._make(full_target, **self._kwargs)
                 self._gathered = True
-            full = gather_particles(x, 0, self.group)
+            full = self._gather_rows(x)
             out = [self._monitor(full) if rank == 0 else None]
         if world(self.group)[1] > 1:
             dist.broadcast_object_list(out, src=_global(self.group, 0), group=self.group)

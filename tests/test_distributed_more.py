@@ -90,6 +90,9 @@ def _sharded_cases(tmp):
         x0, y = _data(torch.float64, d=4)
         w2 = fkd.ShardedWasserstein(fkd.shard(y), estimator="sliced", n_projections=k, seed=7)
         out["sliced", k] = w2(fkd.shard(x0))
+    x0, y = _data(torch.float64)  # above exact_max: only the solves' rows travel
+    w2 = fkd.ShardedWasserstein(fkd.shard(y), exact_max=6, n_repeats=2, seed=5)
+    out["subsample"] = w2(fkd.shard(x0))
     errors = {}
     try:
         fkd.ShardedSinkhornDivergence(fkd.shard(_data(torch.float64)[1])).value(
@@ -183,6 +186,14 @@ def test_the_sliced_w2_from_gathered_projections_equals_one_process(sharded, k):
     for r in (0, 1):
         assert sharded[r]["sliced", k]["W2_method"] == ref["W2_method"] == f"sliced({k})"
         assert sharded[r]["sliced", k]["W2"] == pytest.approx(ref["W2"], rel=1e-12)
+
+
+def test_the_subsample_w2_from_gathered_rows_equals_one_process(sharded):
+    x0, y = _data(torch.float64)
+    ref = fk.monitors.W2(y, exact_max=6, n_repeats=2, seed=5)(x0)
+    assert ref["W2_method"] == "subsample(6x2)"
+    for r in (0, 1):
+        assert sharded[r]["subsample"] == pytest.approx(ref, rel=1e-12)
 
 
 def test_sharded_sinkhorn_refuses_particle_weights(sharded):
