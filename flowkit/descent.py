@@ -559,7 +559,7 @@ class FunctionalGradientDescent:
                 trace["step_size"].append(eta)  # only steps actually taken
                 if moved is None:
                     moved = x - eta * g
-                    xi = layer.noise(x)
+                    xi = seam.noise(layer, x)
                     if xi is not None:
                         moved = moved + xi
                 if updates_weights:

@@ -12,7 +12,10 @@ travel are the blocks themselves: ``(P - 1)`` messages of one block each per red
 The local pieces are the public single-process reductions of :mod:`flowkit.kernels`
 (``kernel_sum``, ``kernel_grad_sum``), so every backend (torch, native, KeOps, and the
 fused Triton path of :mod:`flowkit.triton_kernels` once routed) works unchanged under the
-ring; the only difference from one process is the order of the floating-point sums.
+ring; the only difference from one process is the order of the floating-point sums. The
+Sinkhorn softmin is a ring pass too (:class:`RingPointCloud`, whose blocks' log-sum-exps
+are combined by ``logaddexp``), so :class:`ShardedSinkhornDivergence` runs the one
+Sinkhorn loop of :mod:`flowkit.objectives.sinkhorn`.
 
 On top of the ring: :class:`ShardedMMD` and :class:`ShardedEnergyDistance`, objectives
 whose first variation's gradient at the local shard equals the rows of the single-process
@@ -23,6 +26,10 @@ to show one progress bar (:func:`show_progress`), to name per-rank checkpoints a
 their manifest (:func:`sharded_checkpoint_path`, :func:`write_manifest`,
 :func:`read_manifest`), and :func:`launch` to run a function on ``nprocs`` local processes
 (tests, notebooks). Scripts launched by ``torchrun`` call :func:`init_from_env` instead.
+Algorithm 1's critic trains under ``DistributedDataParallel`` (:class:`DDPCritic`), noise
+layers add each rank's rows of the global noise draw (the engine seam), and
+:func:`gather_layers` turns a sharded run's layer stack into one that replays it on one
+process.
 
 Every collective here must be called by all ranks of the group in the same order (a
 potential's ``grad`` and ``forward``, an objective's ``value`` and ``validate``, the
@@ -42,15 +49,18 @@ import queue as queue_mod
 import socket
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from flowkit.geometry import PointCloud
 from flowkit.kernels import (
     DEFAULT_MEMORY_BUDGET,
     EnergyKernel,
@@ -60,6 +70,7 @@ from flowkit.kernels import (
     kernel_sum,
 )
 from flowkit.objective import FunctionalObjective
+from flowkit.objectives.sinkhorn import SinkhornDivergence, SinkhornPotential
 from flowkit.potential import Potential
 from flowkit.validation import check_compatible, check_finite, check_int, check_particles
 
@@ -79,6 +90,11 @@ __all__ = [
     "ShardedMMD",
     "ShardedEnergyDistance",
     "gather_particles",
+    "gather_layers",
+    "RingPointCloud",
+    "ShardedSinkhornPotential",
+    "ShardedSinkhornDivergence",
+    "DDPCritic",
     "global_mean",
     "ShardedWasserstein",
     "show_progress",
@@ -227,6 +243,24 @@ def _all_reduce_sum(t: Tensor, group: Any, what: str) -> Tensor:
     return buf.to(t.device)
 
 
+def _all_reduce_max(values: Tensor, group: Any, what: str) -> Tensor:
+    """The elementwise maximum over the ranks, on ``values``' device; NaN counts as inf."""
+    if world(group)[1] == 1:
+        return values
+    # NaN does not survive a MAX reduction reliably: carry it as inf (still non-finite),
+    # so every rank takes the same branch on the result
+    buf = torch.where(torch.isnan(values), torch.full_like(values, math.inf), values)
+    # NCCL reduces CUDA tensors only: CPU scalars go to this rank's GPU
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend(group) == "nccl" else torch.device("cpu"))
+    buf = buf.detach().to(device).clone()
+    try:
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    except RuntimeError as err:
+        raise _wrap(err, what, world(group)[0]) from err
+    return buf.to(values.device)
+
+
 _DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
@@ -272,13 +306,16 @@ def check_consistent(x: Tensor, name: str = "x", group: Any = None) -> list[int]
 
 
 def _ring(local: Tensor, sizes: Sequence[int], group: Any,
-          fn: Callable[[Tensor], Tensor], what: str) -> Tensor:
+          fn: Callable[[Tensor], Tensor], what: str,
+          combine: Callable[[Tensor, Tensor], Tensor] = torch.add) -> Tensor:
     r"""``sum over ranks q of fn(block_q)``, the blocks travelling round the ring.
 
     ``local`` is this rank's block (rows of points, any trailing shape); ``sizes[q]`` the
     row count of rank ``q``'s block. Stage ``s`` computes on the block of rank
     ``r - s`` while the block of rank ``r - s - 1`` is received from ``r - 1`` and the
     current one is forwarded to ``r + 1``: the communication runs under the computation.
+    ``combine`` is the associative "sum" of two partial results (``torch.logaddexp`` for
+    a log-sum-exp accumulated block by block).
     """
     rank, size = world(group)
     if size == 1:
@@ -300,14 +337,14 @@ def _ring(local: Tensor, sizes: Sequence[int], group: Any,
         _STATS.bytes_sent += current.numel() * current.element_size()
         _STATS.messages += 1
         part = fn(current)  # ``current`` is only read while it is being sent
-        acc = part if acc is None else acc + part
+        acc = part if acc is None else combine(acc, part)
         try:
             for req in reqs:
                 req.wait()
         except RuntimeError as err:
             raise _wrap(err, where, rank) from err
         current = incoming
-    return acc + fn(current)
+    return combine(acc, fn(current))
 
 
 def _pack(points: Tensor, weights: Tensor) -> Tensor:
@@ -367,6 +404,19 @@ def ring_kernel_grad_sum(z: Tensor, points: Tensor, kernel: Kernel, weights: Ten
 # --------------------------------------------------------------------------- objectives
 
 
+def _check_world(potential: Any, world_size: int, group: Any) -> None:
+    """Refuse to evaluate one rank's shard of a potential outside its group (a replay on
+    one process would silently use that shard only)."""
+    size = world(group)[1]
+    if size != world_size:
+        raise RuntimeError(
+            f"this {type(potential).__name__} holds one rank's shard of a run over "
+            f"{world_size} ranks but is evaluated in a group of {size}: replay a sharded "
+            "stack on one process from gather_layers(result.layers) (run on every rank, "
+            "the full stack on rank 0), not from one rank's layers")
+
+
+
 class ShardedWitness(Potential):
     r"""The witness :math:`\frac{c_x}N\sum_j k(z, x_j) + \frac{c_y}M\sum_m k(z, y_m)`, sharded.
 
@@ -389,6 +439,8 @@ class ShardedWitness(Potential):
         self._kw = kw
         self._sizes: list[int] | None = None
         self.lipschitz_grad = (abs(cx) + abs(cy)) * kernel.hessian_bound()
+        self.n_particles = x.shape[0]
+        self.world_size = world(group)[1]
 
     def _block_sizes(self) -> list[int]:
         if self._sizes is None:
@@ -396,13 +448,30 @@ class ShardedWitness(Potential):
         return self._sizes
 
     def forward(self, z: Tensor) -> Tensor:
+        _check_world(self, self.world_size, self.group)
         return _ring_reduce(z, self.points, self.weights, self.kernel, False, self.group,
                             self._block_sizes(), self._kw)
 
     def grad(self, z: Tensor, *, create_graph: bool = False) -> Tensor:
+        _check_world(self, self.world_size, self.group)
         # torch ops throughout on the local rows: differentiable in z when z carries a graph
         return _ring_reduce(z, self.points, self.weights, self.kernel, True, self.group,
                             self._block_sizes(), self._kw)
+
+    def gathered(self, dst: int = 0) -> Potential | None:
+        """The same witness on one process, every rank's points in it, on rank ``dst``
+        (a :class:`flowkit.objectives.KernelWitness`); ``None`` elsewhere. A collective."""
+        from flowkit.objectives.mmd import KernelWitness
+
+        n = self.n_particles
+        x, y, wx, wy = (gather_particles(t, dst, self.group) for t in
+                        (self.points[:n], self.points[n:], self.weights[:n, None],
+                         self.weights[n:, None]))
+        if x is None:
+            return None
+        # scale 1: the signed weights carry c_x / N and c_y / M themselves
+        return KernelWitness(x, y, self.kernel, 1.0, **self._kw, weights=wx[:, 0],
+                             target_weights=-wy[:, 0])
 
 
 class ShardedMMD(FunctionalObjective):
@@ -507,6 +576,398 @@ class ShardedEnergyDistance(ShardedMMD):
         self.smoothness = None  # the distance kernel's gradient jumps at 0
 
 
+# --------------------------------------------------------------------------- Sinkhorn
+
+
+class RingPointCloud(PointCloud):
+    r"""A :class:`flowkit.geometry.PointCloud` whose columns ``y`` are sharded over the ranks.
+
+    ``x`` (weights ``a``) are this rank's rows; ``y`` (weights ``b``) this rank's shard of
+    the columns, the other shards held by the other ranks. :meth:`softmin` and
+    :meth:`soft_barycenter` reduce over every rank's columns: the shards ``[y | h]`` travel
+    round the ring (:func:`ring_kernel_sum`'s schedule) and each stage's block result, the
+    local cloud's own reduction (every backend), is merged stably: the log-sum-exp of
+    the blocks' log-sum-exps (``logaddexp``, no overflow however far apart they are), and
+    the barycentres weighted by the blocks' shares :math:`e^{\mathrm{lse}_q - \mathrm{lse}}`.
+    :meth:`all_reduce` is over the group, so :func:`flowkit.objectives.sinkhorn.sinkhorn`
+    runs unchanged on a ring cloud and every rank takes the same iterations. Weights are
+    the global measure's (they sum to 1 over every rank, not per shard). Built by
+    :class:`ShardedSinkhornDivergence` on validated inputs; a collective, as the ring is.
+    """
+
+    #: the process group, and every rank's row counts of ``x`` and ``y`` (set by :meth:`ring`)
+    group: Any = None
+    x_sizes: list[int] = []
+    y_sizes: list[int] = []
+
+    @classmethod
+    def ring(cls, x: Tensor, y: Tensor, a: Tensor, b: Tensor, x_sizes: list[int],
+             y_sizes: list[int], group: Any, policy: dict[str, Any]) -> RingPointCloud:
+        """A ring cloud on validated shards (``*_sizes``: every rank's row counts)."""
+        out = cls.checked(x, y, a=a, b=b, **policy)
+        out.group, out.x_sizes, out.y_sizes = group, list(x_sizes), list(y_sizes)
+        return out
+
+    def transpose(self) -> RingPointCloud:
+        return RingPointCloud.ring(self.y, self.x, self.b, self.a, self.y_sizes,
+                                   self.x_sizes, self.group, self.policy)
+
+    def all_reduce(self, t: Tensor, op: str = "sum") -> Tensor:
+        if op == "max":
+            return _all_reduce_max(t, self.group, "RingPointCloud.all_reduce")
+        return _all_reduce_sum(t, self.group, "RingPointCloud.all_reduce")
+
+    def _local(self, block: Tensor) -> tuple[PointCloud, Tensor]:
+        """The cloud of the local rows against one travelling block ``[y | h]``."""
+        y = block[:, :-1]
+        return PointCloud.checked(self._x2, y, **self.policy), block[:, -1].contiguous()
+
+    def _lse(self, cloud: PointCloud, h: Tensor, eps: float) -> Tensor:
+        # the block's log-sum-exp from its softmin (-eps lse), the one routed reduction
+        return cloud.softmin(h, eps) / -eps
+
+    def softmin(self, h: Tensor, eps: float) -> Tensor:
+        self._check_h(h)
+
+        def fn(block: Tensor) -> Tensor:
+            return self._lse(*self._local(block), eps)
+
+        packed = torch.cat([self._y2, h[:, None]], 1)
+        return -eps * _ring(packed, self.y_sizes, self.group, fn, "softmin",
+                            combine=torch.logaddexp)
+
+    def soft_barycenter(self, h: Tensor, eps: float) -> Tensor:
+        self._check_h(h)
+
+        def fn(block: Tensor) -> Tensor:
+            cloud, hb = self._local(block)
+            return torch.cat([self._lse(cloud, hb, eps)[:, None],
+                              cloud.soft_barycenter(hb, eps)], 1)
+
+        def merge(p: Tensor, q: Tensor) -> Tensor:
+            lse = torch.logaddexp(p[:, :1], q[:, :1])
+            return torch.cat([lse, (p[:, :1] - lse).exp() * p[:, 1:]
+                              + (q[:, :1] - lse).exp() * q[:, 1:]], 1)
+
+        packed = torch.cat([self._y2, h[:, None]], 1)
+        return _ring(packed, self.y_sizes, self.group, fn, "soft_barycenter",
+                     combine=merge)[:, 1:]
+
+    def plan_cost(self, f: Tensor, g: Tensor, eps: float) -> Tensor:
+        raise NotImplementedError("plan_cost is not sharded: gather the particles "
+                                  "(gather_particles) and use SinkhornDivergence on rank 0")
+
+
+class ShardedSinkhornPotential(SinkhornPotential):
+    r"""The Sinkhorn first variation :math:`f_{\alpha\beta} - f_{\alpha\alpha}` of a sharded run.
+
+    Holds this rank's particles and data shards with their logits (global weights); its
+    softmins and soft barycentres are ring reductions (:class:`RingPointCloud`), so
+    ``forward`` and ``grad`` are collectives. :meth:`gathered` is the single-process
+    :class:`flowkit.objectives.sinkhorn.SinkhornPotential` holding every rank's state.
+    """
+
+    def __init__(self, particles: Tensor, data: Tensor, h_a: Tensor, h_b: Tensor,
+                 eps: float, center: Tensor, memory_budget: int, backend: str,
+                 sizes: tuple[list[int], list[int]], group: Any):
+        Potential.__init__(self)
+        for name, t in [("particles", particles), ("data", data), ("h_a", h_a),
+                        ("h_b", h_b), ("center", center)]:
+            self.register_buffer(name, t)
+        self.eps, self.memory_budget, self.backend = eps, memory_budget, backend
+        self.sizes, self.group = sizes, group
+        self.world_size = world(group)[1]
+
+    def _clouds(self, z: Tensor) -> tuple[PointCloud, PointCloud]:
+        _check_world(self, self.world_size, self.group)
+        zc = z.flatten(1) - self.center
+        policy = {"block_size": None, "memory_budget": self.memory_budget,
+                  "backend": self.backend}
+        z_sizes = _all_gather_rows(zc, self.group)
+        # weights of the evaluated rows: never read by a softmin
+        ones = zc.new_ones(zc.shape[0])
+        return (RingPointCloud.ring(zc, self.data, ones, self.h_b, z_sizes, self.sizes[1],
+                                    self.group, policy),
+                RingPointCloud.ring(zc, self.particles, ones, self.h_a, z_sizes,
+                                    self.sizes[0], self.group, policy))
+
+    def gathered(self, dst: int = 0) -> SinkhornPotential | None:
+        """Every rank's particles, data and logits in one potential on rank ``dst``."""
+        parts = [gather_particles(t, dst, self.group) for t in
+                 (self.particles, self.h_a[:, None], self.data, self.h_b[:, None])]
+        if parts[0] is None:
+            return None
+        x, h_a, y, h_b = parts
+        out = SinkhornPotential.__new__(SinkhornPotential)
+        Potential.__init__(out)
+        for name, t in [("particles", x), ("data", y), ("h_a", h_a[:, 0]),
+                        ("h_b", h_b[:, 0]), ("center", self.center)]:
+            out.register_buffer(name, t.clone())
+        out.eps, out.memory_budget, out.backend = self.eps, self.memory_budget, self.backend
+        return out
+
+
+class ShardedSinkhornDivergence(SinkhornDivergence):
+    r"""The debiased Sinkhorn divergence to a target, particles and target sharded.
+
+    The objective of :class:`flowkit.objectives.SinkhornDivergence` (Feydy et al. 2019
+    [FeydyEtAl19]; log-domain Sinkhorn, Peyré & Cuturi 2019, ch. 4) for
+    the *union* of the shards, solved by the same loop
+    (:func:`flowkit.objectives.sinkhorn.sinkhorn`) on :class:`RingPointCloud` s: each
+    softmin is a ring pass over the other ranks' shards, the convergence test and the
+    error estimates are maxima and sums over the ranks, the frame is the mean of every
+    rank's data. Uniform weights over all ``N`` particles and ``M`` target points.
+
+    Parameters
+    ----------
+    target : Tensor
+        This rank's shard of the target sample (:func:`shard`).
+    blur, scaling, max_iter, tol, memory_budget, policy, backend, warm_start
+        As in :class:`flowkit.objectives.SinkhornDivergence`.
+    group : ProcessGroup, optional
+        The group the particles are sharded over (default: the world).
+
+    Notes
+    -----
+    Construction and every method are collectives (construction exchanges the target's
+    row counts and mean). Particle weights are not supported (``weights`` must be
+    ``None``); ``value`` is the number only (no autograd graph); ``plan_cost`` is not
+    sharded.
+    """
+
+    def __init__(self, target: Tensor, blur: float = 0.05, *, group: Any = None,
+                 scaling: float = 0.5, max_iter: int = 1000, tol: float = 1e-6,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True,
+                 policy: str = "converge", backend: str = "auto"):
+        check_particles(target, "target")
+        self.group = group
+        m_rows = check_consistent(target, "target", group)
+        self._m_rows = m_rows
+        b = target.new_full((target.shape[0],), 1.0 / sum(m_rows))
+        super().__init__(target, blur, scaling=scaling, max_iter=max_iter, tol=tol,
+                         memory_budget=memory_budget, warm_start=warm_start, policy=policy,
+                         backend=backend)
+        # the target's weights as a measure over every rank (the local cloud's default,
+        # 1/M_r, is the shard's own)
+        self._geometry = PointCloud.checked(target, target, b=b, **self._geometry.policy)
+        total = _all_reduce_sum(target.detach().flatten(1).sum(0, keepdim=True), group,
+                                "ShardedSinkhornDivergence")
+        self._frame = total / sum(m_rows)
+
+    def validate(self, x: Tensor) -> None:
+        super().validate(x)
+        check_consistent(x, "x", self.group)
+
+    def _center(self, y2: Tensor) -> Tensor:
+        return self._frame
+
+    def _check(self, x: Tensor, weights: Tensor | None) -> Tensor:
+        if weights is not None:
+            raise ValueError("weights must be None for ShardedSinkhornDivergence (uniform "
+                             "particles over every rank); weighted particles are not sharded")
+        self.validate(x)
+        return x.new_full((x.shape[0],), 1.0 / sum(_all_gather_rows(x, self.group)))
+
+    def _cloud(self, x: Tensor, y: Tensor, a: Tensor | None = None,
+               b: Tensor | None = None) -> PointCloud:
+        sizes = [_all_gather_rows(x, self.group), _all_gather_rows(y, self.group)]
+        a = x.new_full((x.shape[0],), 1.0 / sum(sizes[0])) if a is None else a
+        b = y.new_full((y.shape[0],), 1.0 / sum(sizes[1])) if b is None else b
+        return RingPointCloud.ring(x, y, a, b, *sizes, self.group, self._geometry.policy)
+
+    def _potential(self, s: dict[str, Any]) -> ShardedSinkhornPotential:
+        eps = self.eps
+        sizes = ([int(n) for n in _all_gather_rows(s["xc"], self.group)], self._m_rows)
+        return ShardedSinkhornPotential(
+            s["xc"], s["yc"], s["f_aa"] / eps + s["a"].log(), s["g_ab"] / eps + s["b"].log(),
+            eps, s["center"], self.memory_budget, self.backend, sizes, self.group)
+
+    def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        r""":math:`S_\varepsilon` of the union of the shards, the same on every rank."""
+        s = self._solve(x, self._check(x, weights))
+        g = s["g_ab"] - self._g_bb_cached(s["yc"])
+        local = (s["f_ab"] - s["f_aa"]) @ s["a"] + g @ s["b"]
+        return _all_reduce_sum(local, self.group, "ShardedSinkhornDivergence.value")
+
+    def ot_eps(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        s = self._solve(x, self._check(x, weights))
+        local = s["f_ab"] @ s["a"] + s["g_ab"] @ s["b"]
+        return _all_reduce_sum(local, self.group, "ShardedSinkhornDivergence.ot_eps")
+
+    def plan_cost(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        raise NotImplementedError("plan_cost is not sharded: gather the particles "
+                                  "(gather_particles) and use SinkhornDivergence on rank 0")
+
+
+# --------------------------------------------------------------------------- Algorithm 1
+
+
+class DDPCritic:
+    r"""A WGAN-GP critic trained with ``DistributedDataParallel`` on sharded particles.
+
+    Algorithm 1 of Nitanda & Suzuki 2018 [NS18] (the critic's inner loop) with the
+    particles sharded over the ranks and the data replicated:
+    ``AdversarialObjective(DDPCritic(critic), data)`` on every rank, each rank running
+    the engine on its shard (``mode="pool"``). The run equals the single-process run with
+    the same global minibatch:
+
+    * **randomness**: every rank holds the critic with the same seed and draws, from the
+      same stream in the same order, the *global* minibatch's randomness: the data indices,
+      the particle indices over all ``N`` particles, the penalty's interpolation weights
+      (or DRAGAN's noise), exactly the numbers one process draws;
+    * **the generated batch**: the particle rows a rank owns are written into a zero
+      ``(b, D)`` buffer and one all-reduce (sum) of ``b D`` numbers per critic step
+      assembles the batch on every rank (adding zeros is exact);
+    * **the loss**: rank ``r`` evaluates the network on its rows ``shard_bounds(b, P, r)``
+      of the batch only (the cost of a step: the forward and double-backward passes)
+      through the DDP-wrapped network, its loss scaled by ``P b_r / b``, so DDP's
+      gradient average is the gradient of the global batch mean; Adam then takes the same
+      step on every rank.
+
+    The snapshot (the layer's potential) is the plain network, the same on every rank,
+    so a layer stack replays on one process as it is. Only :class:`flowkit.critics.WGANGPCritic`
+    is supported (its network must not read batch statistics, as there). ``batch_size``
+    must be at least the world size.
+
+    Parameters
+    ----------
+    critic : WGANGPCritic
+        Built with the same arguments (seed included) on every rank; trained in place.
+    group : ProcessGroup, optional
+        The group the particles are sharded over (default: the world).
+    """
+
+    def __init__(self, critic: Any, group: Any = None):
+        from flowkit.critics import WGANGPCritic
+
+        if not isinstance(critic, WGANGPCritic):
+            raise TypeError(f"critic must be a flowkit.critics.WGANGPCritic, got "
+                            f"{type(critic).__name__}")
+        rank, size = world(group)
+        if critic.batch_size < size:
+            raise ValueError(f"critic.batch_size={critic.batch_size} is smaller than the "
+                             f"world size {size}: every rank needs a row of each minibatch")
+        self.critic, self.group = critic, group
+        self.batch_size, self.steps = critic.batch_size, critic.steps
+        self._ddp: Any = None
+
+    def _wrap(self, data: Tensor) -> None:
+        """Wrap the network once it has the data's dtype (DDP fixes its buckets then)."""
+        critic = self.critic
+        critic._ready(data)
+        if self._ddp is None and world(self.group)[1] > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            kw = {"process_group": self.group, "gradient_as_bucket_view": True}
+            self._ddp = DDP(critic._trained(), **kw)
+        rank, size = world(self.group)
+        a, b = shard_bounds(critic.batch_size, size, rank)
+        factor = size * (b - a) / critic.batch_size
+        ddp = self._ddp if self._ddp is not None else critic._trained()
+
+        def rows(fake: Tensor, real: Tensor, points: Tensor) -> tuple[Any, list[Tensor], float]:
+            return ddp, [fake[a:b], real[a:b], points[a:b]], factor
+
+        critic.data_parallel = rows
+
+    def fit(self, particles: Tensor, data: Tensor, steps: int | None = None) -> Potential:
+        """Train ``steps`` Adam steps on every rank's shard of ``particles`` (a collective)."""
+        critic = self.critic
+        if not isinstance(particles, Tensor):
+            raise TypeError("particles must be this rank's tensor of particles: DDPCritic "
+                            "trains on the pool (AdversarialObjective mode='pool'), got "
+                            f"{type(particles).__name__}")
+        check_particles(data, "data")
+        check_particles(particles, "particles")
+        check_compatible(particles, data, "particles", "data")
+        critic.check_data(data)
+        sizes = check_consistent(particles, "particles", self.group)
+        rank = world(self.group)[0]
+        start, n = sum(sizes[:rank]), sum(sizes)
+        pool = particles.detach()
+        self._wrap(data)
+        g, b = critic._generator, critic.batch_size
+
+        def batch(k0: int) -> Tensor:
+            # the pool's draw of one process: b indices over all N particles, same stream
+            idx = torch.randint(n, (b,), generator=g, device=pool.device) - start
+            mine = (idx >= 0) & (idx < pool.shape[0])
+            out = pool.new_zeros((b, *pool.shape[1:]))
+            out[mine] = pool[idx[mine]]
+            return _all_reduce_sum(out, self.group, "DDPCritic: assembling the minibatch")
+
+        try:
+            with warnings.catch_warnings():
+                # DDP's note that a (1, k) gradient has strides (1, 1), not (k, 1): the same
+                # numbers, laid out as autograd's double backward produced them
+                warnings.filterwarnings("ignore", "Grad strides do not match")
+                critic.train(batch, data, steps)
+        finally:
+            critic.data_parallel = None
+        critic.n_fits += 1
+        return critic.snapshot()
+
+    def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
+                 ) -> Potential:
+        return self.critic.snapshot(particles, data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.critic.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _gathered_potential(potential: Potential, dst: int, rank: int) -> Potential | None:
+    """A potential for one process: sharded ones gathered, replicated ones as they are."""
+    from flowkit.insertion import PulledBackPotential
+
+    if isinstance(potential, PulledBackPotential):
+        inner = _gathered_potential(potential.potential, dst, rank)
+        return None if inner is None else PulledBackPotential(inner, potential.inner)
+    gathered = getattr(potential, "gathered", None)
+    if callable(gathered):
+        return gathered(dst)
+    # a critic snapshot (DDPCritic) or an analytic potential: the same on every rank
+    return potential if rank == dst else None
+
+
+def gather_layers(layers: Any, dst: int = 0, group: Any = None) -> Any:
+    """A sharded run's layer stack for one process, on rank ``dst`` (``None`` elsewhere).
+
+    A collective (every rank passes its own ``result.layers``, in the same order). Each
+    sharded potential (:class:`ShardedWitness`, :class:`ShardedSinkhornPotential`, also
+    pulled back through an output map) is replaced by its single-process equivalent
+    holding *every* rank's particles, target points and potentials; a potential that is
+    the same on every rank (a :class:`DDPCritic` snapshot, an analytic one) is kept. The
+    noise of a noisy layer is its seeded draw for the whole batch, of which each rank
+    added its rows during the run, so the returned stack, applied on one process to the
+    initial particles of the whole run, returns the sharded run's particles (Algorithm 2
+    of Nitanda & Suzuki 2018 [NS18] on the union of the shards). Save it on rank ``dst``
+    with :meth:`flowkit.GradientLayerStack.save`. Costs one gather of every potential's
+    state: the stack holds ``T`` copies of the particles (as a single-process stack does).
+    """
+    from flowkit.layers import GradientLayer, GradientLayerStack
+
+    if layers is None:
+        raise ValueError("layers is None: run the flow with keep_layers=True to keep them")
+    rank = world(group)[0]
+    out = GradientLayerStack() if rank == dst else None
+    for layer in layers:
+        if not isinstance(layer, GradientLayer):
+            raise TypeError(f"layers must hold GradientLayers to be gathered, got "
+                            f"{type(layer).__name__}")
+        psi = _gathered_potential(layer.potential, dst, rank)
+        if out is not None:
+            noisy = ({} if layer.temperature is None else
+                     {"temperature": layer.temperature, "seed": layer.seed})
+            out.append(GradientLayer(psi, layer.step_size, **noisy))
+    return out
+
+
 # --------------------------------------------------------------------------- monitors
 
 
@@ -550,12 +1011,27 @@ def gather_particles(x: Tensor, dst: int = 0, group: Any = None) -> Tensor | Non
 
 
 class ShardedWasserstein:
-    """W1/W2 monitor for a sharded run: gathered on rank 0, value returned on every rank.
+    r"""W1/W2 monitor for a sharded run: evaluated on rank 0, value returned on every rank.
 
-    The particles and the target shards are gathered to rank 0 (the target once), which
-    evaluates :class:`flowkit.monitors.W2` (or ``W1``): exact up to ``exact_max`` points,
-    the labelled sliced estimate above it. The result is broadcast, so every rank's
-    history holds the same numbers. A collective: pass it to the engine on every rank.
+    A collective: pass it to the engine on every rank. With the default ``estimator``
+    (``"auto"``, exact up to ``exact_max`` points, the labelled subsample estimate above)
+    the particles and the target shards are gathered to rank 0 (the target once), which
+    evaluates :class:`flowkit.monitors.W2` (or ``W1``) on them: ``N D`` numbers of the
+    particles' dtype per call reach rank 0 (``D`` the event size). Above ``exact_max``
+    particles (an int ``seed``), every rank draws from the seed the rows the subsample
+    estimator's solves will read and only those travel (one reduce of at most
+    ``n_repeats * exact_max * D`` numbers); rank 0's monitor, drawing the same rows, never
+    reads the others.
+
+    With ``estimator="sliced"`` (the sliced distance of Bonneel et al. 2015 [Bonneel15],
+    ``n_projections = K`` directions, ``seed`` an int) every rank projects its own rows on
+    the ``K`` directions (the same on every rank: they come from the seed) and rank 0
+    gathers only the 1-D projections, ``8 N K`` bytes per call, when ``K < D``; when
+    ``K >= D`` the particles themselves are fewer bytes (``8 N D``) and are gathered
+    instead. The target's projections are gathered once. Either way the number is the
+    single-process monitor's (``ot.sliced_wasserstein_distance`` on all the points, the
+    same directions): only the order of the per-row products may differ.
+    The result is broadcast, so every rank's history holds the same numbers.
     """
 
     def __init__(self, target: Tensor, p: int = 2, *, group: Any = None, **kwargs: Any):
@@ -565,21 +1041,102 @@ class ShardedWasserstein:
             raise ValueError(f"p must be 1 or 2, got {p}")
         self.target = check_particles(target, "target")
         self.group = group
+        self.p = p
         self._make = (monitors.W2 if p == 2 else monitors.W1)
         self._kwargs = kwargs
+        self.sliced = kwargs.get("estimator") == "sliced"
+        if self.sliced:
+            seed = kwargs.get("seed", 0)
+            if isinstance(seed, torch.Generator):
+                raise TypeError("seed must be an int for a sharded sliced estimate (every "
+                                "rank draws the same directions from it), got a Generator")
+            check_int(seed, "seed", minimum=0)
         self._monitor: Any = None
         self._gathered = False
+        self._m_total = 0
+        self._directions: Any = None
+        self._target_proj: Any = None
+
+    def _sliced(self, x: Tensor) -> dict[str, Any] | None:
+        """The sliced estimate from gathered projections (or particles): rank 0's value."""
+        import ot
+
+        from flowkit.monitors import _int_seed
+
+        k = self._kwargs.get("n_projections", 500)
+        name = self._kwargs.get("name") or f"W{self.p}"
+        d = math.prod(x.shape[1:])
+        if self._directions is None:
+            self._directions = ot.sliced.get_random_projections(
+                d, k, _int_seed(self._kwargs.get("seed", 0)), type_as=np.zeros(1))
+            self._target_proj = self._project(self.target)
+        proj = self._project(x)
+        if proj is None:
+            return None
+        xs, yt = proj, self._target_proj
+        a, b = np.full(len(xs), 1 / len(xs)), np.full(len(yt), 1 / len(yt))
+        emd = ot.lp.wasserstein_1d(xs, yt, a, b, p=self.p)
+        value = float((np.sum(emd) / k) ** (1.0 / self.p))
+        return {name: value, f"{name}_method": f"sliced({k})"}
+
+    def _project(self, x: Tensor) -> Any:
+        """Every rank's rows projected on the directions, on rank 0 (``None`` elsewhere)."""
+        dirs = self._directions
+        flat = x.detach().flatten(1).to(torch.float64)
+        if dirs.shape[1] < flat.shape[1]:  # fewer numbers than the points themselves
+            mine = torch.from_numpy(np.dot(flat.cpu().numpy(), dirs))
+            full = gather_particles(mine, 0, self.group)
+            return None if full is None else full.numpy()
+        full = gather_particles(flat, 0, self.group)
+        return None if full is None else np.dot(full.cpu().numpy(), dirs)
+
+    def _gather_rows(self, x: Tensor) -> Tensor | None:
+        """The particles on rank 0 (``None`` elsewhere); above ``exact_max`` only the rows
+        the subsample estimator's solves read, the others left zero (never read)."""
+        from flowkit.monitors import EXACT_MAX, _subsamples
+
+        kw = self._kwargs
+        seed, exact_max = kw.get("seed", 0), kw.get("exact_max", EXACT_MAX)
+        sizes = check_consistent(x, "x", self.group)
+        n, m = sum(sizes), self._m_total
+        if (kw.get("estimator", "auto") not in ("auto", "subsample") or n <= exact_max
+                or isinstance(seed, torch.Generator) or world(self.group)[1] == 1):
+            return gather_particles(x, 0, self.group)
+        # every rank draws the solves' rows from the seed, as rank 0's monitor will
+        rows = torch.from_numpy(np.unique(np.concatenate(
+            [ix for ix, _ in _subsamples(n, m, exact_max, kw.get("n_repeats", 3), seed)])))
+        rank = world(self.group)[0]
+        start = sum(sizes[:rank])
+        mine = (rows >= start) & (rows < start + x.shape[0])
+        flat = x.detach().flatten(1)
+        buf = flat.new_zeros((len(rows), flat.shape[1]))
+        buf[mine] = flat[rows[mine] - start]
+        device = _comm_device(self.group, x)
+        buf = buf.to(device)
+        try:  # each row comes from one rank, zeros from the others: the sum is exact
+            dist.reduce(buf, dst=_global(self.group, 0), group=self.group)
+        except RuntimeError as err:
+            raise _wrap(err, "ShardedWasserstein", rank) from err
+        if rank != 0:
+            return None
+        full = flat.new_zeros((n, flat.shape[1]), device=device)
+        full[rows] = buf
+        return full.view(n, *x.shape[1:]).to(x.device)
 
     def __call__(self, state: Any) -> dict[str, Any]:
         x = state if isinstance(state, Tensor) else state.particles
         rank, _ = world(self.group)
-        if not self._gathered:
-            full_target = gather_particles(self.target, 0, self.group)
-            if rank == 0:
-                self._monitor = self._make(full_target, **self._kwargs)
-            self._gathered = True
-        full = gather_particles(x, 0, self.group)
-        out = [self._monitor(full) if rank == 0 else None]
+        if self.sliced:
+            out = [self._sliced(x)]
+        else:
+            if not self._gathered:
+                self._m_total = sum(check_consistent(self.target, "target", self.group))
+                full_target = gather_particles(self.target, 0, self.group)
+                if rank == 0:
+                    self._monitor = self._make(full_target, **self._kwargs)
+                self._gathered = True
+            full = self._gather_rows(x)
+            out = [self._monitor(full) if rank == 0 else None]
         if world(self.group)[1] > 1:
             dist.broadcast_object_list(out, src=_global(self.group, 0), group=self.group)
         return out[0]
@@ -704,6 +1261,10 @@ class _LocalSeam:
     def saved(self, file: Path, x: Tensor, step: int) -> None:
         pass
 
+    def noise(self, layer: Any, x: Tensor) -> Tensor | None:
+        """The noise a noisy layer adds to the particles ``x`` (``None`` for none)."""
+        return layer.noise(x)
+
     def check_resumed(self, file: Path, step: int) -> None:
         pass
 
@@ -735,20 +1296,20 @@ class _ShardedSeam(_LocalSeam):
         return total / self.size
 
     def max(self, values: Tensor) -> Tensor:
-        # NaN does not survive a MAX reduction reliably: carry it as inf (still non-finite)
-        buf = torch.where(torch.isnan(values), torch.full_like(values, math.inf), values)
-        # NCCL reduces CUDA tensors only: the engine's CPU scalars go to this rank's GPU
-        device = (torch.device("cuda", torch.cuda.current_device())
-                  if dist.get_backend(self.group) == "nccl" else torch.device("cpu"))
-        buf = buf.detach().to(device).clone()
-        try:
-            dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.group)
-        except RuntimeError as err:
-            raise _wrap(err, "the divergence check", self.rank) from err
-        return buf.to(values.device)
+        return _all_reduce_max(values, self.group, "the divergence check")
 
     def any(self, flag: bool) -> bool:
         return bool(self.max(torch.tensor([float(bool(flag))]))[0] > 0)
+
+    def noise(self, layer: Any, x: Tensor) -> Tensor | None:
+        # the layer's seeded draw for all N particles, of which this rank adds its rows:
+        # the noise of particle i is the single-process run's (and the replayed stack's)
+        if getattr(layer, "noise_scale", 0.0) == 0.0:
+            return None
+        sizes = _all_gather_rows(x, self.group)
+        start = sum(sizes[:self.rank])
+        full = layer.noise(x.new_empty(()).expand(sum(sizes), *x.shape[1:]))
+        return full[start:start + x.shape[0]]
 
     def checkpoint_file(self, path: Any) -> Path:
         from flowkit.checkpoints import check_target

@@ -209,6 +209,12 @@ class PointCloud:
         return (torch.cat([x, y]),
                 torch.cat([scaled(a, x.shape[0], cx), scaled(b, y.shape[0], cy)]))
 
+    def all_reduce(self, t: Tensor, op: str = "sum") -> Tensor:
+        """``t`` reduced (``op``: ``"sum"`` or ``"max"``) over every shard of a sharded cloud
+        (:class:`flowkit.distributed.RingPointCloud`); on one process ``t`` itself, so a
+        solver's scalars (convergence checks, errors) are global either way."""
+        return t
+
     def block_rows(self, n_buffers: int = 3) -> int:
         """Rows per block for ``n_buffers`` buffers of ``M`` columns; ``ValueError`` when
         the memory budget does not fit one row (so a caller can fail early)."""

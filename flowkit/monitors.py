@@ -201,11 +201,8 @@ def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max:
                          f"weighted measure are not its samples), and {max(n, m)} points exceed "
                          f"exact_max={exact_max}: pass estimator='exact' (slow) or "
                          f"estimator='sliced', or raise exact_max")
-    g = as_generator(seed, "cpu")
     values, converged = [], True
-    for _ in range(n_repeats):
-        ix = torch.randperm(n, generator=g, device=g.device)[:exact_max].cpu().numpy()
-        iy = torch.randperm(m, generator=g, device=g.device)[:exact_max].cpu().numpy()
+    for ix, iy in _subsamples(n, m, exact_max, n_repeats, seed):
         value, ok = _exact(xs[ix], ys[iy], p, num_iter_max, on_failure)
         values.append(value)
         converged = converged and ok
@@ -213,6 +210,19 @@ def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max:
     size = min(max(n, m), exact_max)
     return WassersteinEstimate(float(np.mean(values)), p, f"subsample({size}x{n_repeats})",
                                converged, "subsample", spread)
+
+
+def _subsamples(n: int, m: int, exact_max: int, n_repeats: int,
+                seed: int | torch.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The rows ``(ix, iy)`` of each of the subsample estimator's ``n_repeats`` solves.
+
+    The one place they are drawn: a sharded monitor
+    (:class:`flowkit.distributed.ShardedWasserstein`) gathers exactly these rows.
+    """
+    g = as_generator(seed, "cpu")
+    return [(torch.randperm(n, generator=g, device=g.device)[:exact_max].cpu().numpy(),
+             torch.randperm(m, generator=g, device=g.device)[:exact_max].cpu().numpy())
+            for _ in range(n_repeats)]
 
 
 def _int_seed(seed: int | torch.Generator) -> int:

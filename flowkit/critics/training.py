@@ -48,6 +48,11 @@ class CriticTrainingState:
     """
 
     _module_key = "net"
+    #: Set by :class:`flowkit.distributed.DDPCritic`: ``(fake, real, points) -> (module,
+    #: rows, factor)``, this rank's rows of a minibatch whose randomness every rank drew
+    #: alike, the DDP-wrapped module, and the factor that makes DDP's gradient average the
+    #: global batch mean. ``None``: one process, the whole batch.
+    data_parallel: Any = None
 
     def _configure_training(self, *, lr: float, betas: Sequence[float], batch_size: int,
                             steps: int, seed: int | torch.Generator,
@@ -171,7 +176,14 @@ class CriticTrainingState:
         missing = {self._module_key, "optimizer", "rng", "total_steps", "n_fits"} - set(state)
         if missing:
             raise ValueError(f"state is missing keys {sorted(missing)}")
-        self._trained().load_state_dict(state[self._module_key])
+        module, weights = self._trained(), state[self._module_key]
+        saved = next((t for t in weights.values() if t.is_floating_point()), None)
+        p = next(module.parameters(), None)
+        if saved is not None and p is not None and p.dtype != saved.dtype:
+            # a network that had followed float64 data: loading its weights into the
+            # fresh float32 one first would round them
+            module.to(dtype=saved.dtype)
+        module.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         if state["rng"] is not None:
             if self._generator is None:

@@ -155,6 +155,9 @@ class WGANGPCritic(Critic):
         nb = min(len(real), len(fake))
         points = penalty_points(real[:nb], fake[:nb], kind, generator=g,
                                 perturbation=self.perturbation)
+        share = 1.0
+        if self.data_parallel is not None:  # this rank's rows of the global minibatch
+            net, (fake, real, points), share = self.data_parallel(fake, real[:nb], points)
         explicit = getattr(net, "values_and_input_gradients", None)
         grad = None
         if self.penalty_weight > 0 and callable(explicit):
@@ -173,7 +176,7 @@ class WGANGPCritic(Critic):
         loss = out[:len(fake)].mean() - out[len(fake):len(fake) + len(real)].mean()
         if grad is not None:
             loss = loss + self.penalty_weight * penalty_from_gradients(grad, kind).mean()
-        return loss
+        return loss if share == 1.0 else share * loss
 
     def snapshot(self, particles: Tensor | None = None, data: Tensor | None = None
                  ) -> CriticPotential:

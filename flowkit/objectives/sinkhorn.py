@@ -136,9 +136,12 @@ def _check_scaling(scaling: float) -> float:
     return check_number(scaling, "scaling", minimum=0.0, strict_minimum=True, maximum=1.0 - 1e-9)
 
 
-def _diameter2(x: Tensor, y: Tensor) -> float:
+def _diameter2(x: Tensor, y: Tensor, geom: PointCloud | None = None) -> float:
     lo = torch.minimum(x.amin(0), y.amin(0))
     hi = torch.maximum(x.amax(0), y.amax(0))
+    if geom is not None:  # a sharded cloud: the extent of every rank's points
+        neg_lo, hi = geom.all_reduce(torch.stack([-lo, hi]), "max")
+        lo = -neg_lo
     return float((hi - lo).pow(2).sum())
 
 
@@ -191,7 +194,7 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
         f, g = init
     else:
         ratio = scaling**2 if policy == "geomloss" else scaling
-        levels = _eps_schedule(_diameter2(x, geom.y.flatten(1)), eps, ratio)
+        levels = _eps_schedule(_diameter2(x, geom.y.flatten(1), geom), eps, ratio)
         f = x.new_zeros(x.shape[0])
         g = f if symmetric else x.new_zeros(geom.y.flatten(1).shape[0])
         # the first level from zero potentials: the softmin of the bare cost
@@ -218,16 +221,18 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
                 g = back.softmin(log_a + f / eps, eps)
             k += 1
             # one device synchronisation every `check_every` iterations, not every one
-            if k % check_every == 0 and float((f - f_old).abs().max()) < tol:
+            if k % check_every == 0 and float(
+                    geom.all_reduce((f - f_old).abs().max(), "max")) < tol:
                 break
         it += k
     # the error check: one more un-averaged sweep, never applied
     fn, gn = sweep(f, g, eps)
-    change = float(torch.maximum((fn - f).abs().max(), (gn - g).abs().max()))
+    change = float(geom.all_reduce(
+        torch.maximum((fn - f).abs().max(), (gn - g).abs().max()), "max"))
     a, b = geom.a, (geom.a if symmetric else geom.b)
     # row sums a_i exp((f_i - T(g)_i)/eps), column sums b_j exp((g_j - T(f)_j)/eps)
-    marg = float((a * ((f - fn) / eps).exp() - a).abs().sum()
-                 + (b * ((g - gn) / eps).exp() - b).abs().sum())
+    marg = float(geom.all_reduce((a * ((f - fn) / eps).exp() - a).abs().sum()
+                                 + (b * ((g - gn) / eps).exp() - b).abs().sum(), "sum"))
     if symmetric:
         g = f
     return SinkhornResult(f=f, g=g, eps=eps, iterations=it, converged=change < tol,
@@ -470,7 +475,7 @@ class SinkhornDivergence(FunctionalObjective):
     def _solve(self, x: Tensor, weights: Tensor | None = None) -> dict[str, Any]:
         x2, y2 = x.detach().flatten(1), self.data.flatten(1)
         # translation invariance: centre on the data (the blocks re-centre locally too)
-        center = y2.mean(0, keepdim=True)
+        center = self._center(y2)
         xc, yc = x2 - center, y2 - center
         b = self.target_weights
         geom = self._cloud(xc, yc, weights, b)
@@ -484,6 +489,11 @@ class SinkhornDivergence(FunctionalObjective):
             self._warm = {"x": xc, "a": weights, "f_ab": ab.f, "g_ab": ab.g, "f_aa": aa.f}
         return {"xc": xc, "yc": yc, "center": center, "f_ab": ab.f, "g_ab": ab.g,
                 "f_aa": aa.f, "a": weights, "b": b}
+
+    def _center(self, y2: Tensor) -> Tensor:
+        """The data's mean ``(1, D)``, the frame of every solve (a sharded objective's is
+        the mean over every rank's data)."""
+        return y2.mean(0, keepdim=True)
 
     def state_dict(self) -> dict[str, Any]:
         """The warm-start potentials and their support (so a resumed flow continues
