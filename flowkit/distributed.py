@@ -1061,14 +1061,14 @@ class ShardedWasserstein:
         """The sliced estimate from gathered projections (or particles): rank 0's value."""
         import ot
 
-        from flowkit.monitors import _int_seed
+        from flowkit.validation import numpy_seed
 
         k = self._kwargs.get("n_projections", 500)
         name = self._kwargs.get("name") or f"W{self.p}"
         d = math.prod(x.shape[1:])
         if self._directions is None:
             self._directions = ot.sliced.get_random_projections(
-                d, k, _int_seed(self._kwargs.get("seed", 0)), type_as=np.zeros(1))
+                d, k, numpy_seed(self._kwargs.get("seed", 0)), type_as=np.zeros(1))
             self._target_proj = self._project(self.target)
         proj = self._project(x)
         if proj is None:
@@ -1093,7 +1093,7 @@ class ShardedWasserstein:
     def _gather_rows(self, x: Tensor) -> Tensor | None:
         """The particles on rank 0 (``None`` elsewhere); above ``exact_max`` only the rows
         the subsample estimator's solves read, the others left zero (never read)."""
-        from flowkit.monitors import EXACT_MAX, _subsamples
+        from flowkit.monitors import EXACT_MAX, subsample_rows
 
         kw = self._kwargs
         seed, exact_max = kw.get("seed", 0), kw.get("exact_max", EXACT_MAX)
@@ -1104,7 +1104,7 @@ class ShardedWasserstein:
             return gather_particles(x, 0, self.group)
         # every rank draws the solves' rows from the seed, as rank 0's monitor will
         rows = torch.from_numpy(np.unique(np.concatenate(
-            [ix for ix, _ in _subsamples(n, m, exact_max, kw.get("n_repeats", 3), seed)])))
+            [ix for ix, _ in subsample_rows(n, m, exact_max, kw.get("n_repeats", 3), seed)])))
         rank = world(self.group)[0]
         start = sum(sizes[:rank])
         mine = (rows >= start) & (rows < start + x.shape[0])

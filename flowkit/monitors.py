@@ -31,6 +31,7 @@ from flowkit.validation import (
     check_particles,
     check_seed,
     check_weights,
+    numpy_seed,
 )
 
 __all__ = [
@@ -186,7 +187,7 @@ def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max:
         import ot
 
         sw = ot.sliced_wasserstein_distance(xs, ys, a, b, n_projections=n_projections, p=p,
-                                            seed=_int_seed(seed))
+                                            seed=numpy_seed(seed))
         return WassersteinEstimate(float(sw), p, f"sliced({n_projections})", True, "sliced",
                                    None)
     if estimator == "exact" or max(n, m) <= exact_max:
@@ -202,7 +203,7 @@ def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max:
                          f"exact_max={exact_max}: pass estimator='exact' (slow) or "
                          f"estimator='sliced', or raise exact_max")
     values, converged = [], True
-    for ix, iy in _subsamples(n, m, exact_max, n_repeats, seed):
+    for ix, iy in subsample_rows(n, m, exact_max, n_repeats, seed):
         value, ok = _exact(xs[ix], ys[iy], p, num_iter_max, on_failure)
         values.append(value)
         converged = converged and ok
@@ -212,7 +213,7 @@ def _estimate(xs: np.ndarray, ys: np.ndarray, p: int, estimator: str, exact_max:
                                converged, "subsample", spread)
 
 
-def _subsamples(n: int, m: int, exact_max: int, n_repeats: int,
+def subsample_rows(n: int, m: int, exact_max: int, n_repeats: int,
                 seed: int | torch.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     """The rows ``(ix, iy)`` of each of the subsample estimator's ``n_repeats`` solves.
 
@@ -223,12 +224,6 @@ def _subsamples(n: int, m: int, exact_max: int, n_repeats: int,
     return [(torch.randperm(n, generator=g, device=g.device)[:exact_max].cpu().numpy(),
              torch.randperm(m, generator=g, device=g.device)[:exact_max].cpu().numpy())
             for _ in range(n_repeats)]
-
-
-def _int_seed(seed: int | torch.Generator) -> int:
-    if isinstance(seed, torch.Generator):
-        return int(torch.randint(0, 2**31 - 1, (1,), generator=seed, device=seed.device))
-    return int(seed) % (2**32)  # numpy's RandomState takes 32-bit seeds
 
 
 def _exact(xs: np.ndarray, ys: np.ndarray, p: int, num_iter_max: int | None,

@@ -27,6 +27,7 @@ __all__ = [
     "check_weights",
     "check_signed_weights",
     "as_generator",
+    "numpy_seed",
     "rng_state",
     "set_rng_state",
 ]
@@ -198,6 +199,18 @@ def as_generator(seed: int | torch.Generator, device: torch.device | str, name: 
     if isinstance(seed, torch.Generator):
         return seed
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def numpy_seed(seed: int | torch.Generator, name: str = "seed") -> int:
+    """A 32-bit integer seed for numpy / POT from a seed or a ``torch.Generator``.
+
+    A generator is advanced by one draw, so successive calls give fresh seeds; an integer
+    is reduced modulo ``2**32`` because numpy's ``RandomState`` takes 32-bit seeds.
+    """
+    seed = check_seed(seed, name)
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=seed, device=seed.device))
+    return int(seed) % (2**32)
 
 
 def rng_state(device: torch.device | str | None = None) -> dict[str, Tensor]:
