@@ -29,6 +29,7 @@ import hashlib
 import math
 import os
 import platform
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -51,6 +52,10 @@ _ABI = 2  # must match FK_ABI in fk_native.c
 # traffic (the products and the exponential then stream from RAM, not L2/L3).
 _TILE_ROWS = 256
 _TILE_COLS = 2048
+#: How the large-d path treats a tile: ``"fused"`` (default) or ``"augmented"`` (the
+#: previous path); see :func:`_gram_tiles`. Only ``benchmarks/mmd_gradient.py`` changes it,
+#: to time both in one run; it is not a user setting.
+LARGE_D_TILES = "fused"
 
 
 class NativeBuildError(RuntimeError):
@@ -110,6 +115,9 @@ class NativeLibrary:
             lib.fk_scaled_exp.restype = None
             lib.fk_gauss_reduce.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
             lib.fk_gauss_reduce.restype = None
+            lib.fk_gauss_tile.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 \
+                + [ctypes.c_float]
+            lib.fk_gauss_tile.restype = None
         except (OSError, AttributeError) as err:
             raise NativeBuildError(f"{path} is not flowkit's native library: {err}") from err
         if lib.fk_abi() != _ABI:
@@ -137,6 +145,19 @@ class NativeLibrary:
                                  _pointer(vt, "vt", (k, mp)), _pointer(out, "out", (n, k)),
                                  r0, r1, mp, d, k)
 
+    def gauss_tile(self, g: Tensor, p: Tensor, q: Tensor, u: Tensor, acc: Tensor, s: float
+                   ) -> None:
+        """``g <- exp(min(s g + p[:, None] + q[None, :], 0))`` in place on a contiguous
+        ``(r, c)`` tile, and ``acc += g @ u`` (the tile's share of the reduction against
+        ``u``)."""
+        if not isinstance(g, Tensor) or g.dim() != 2:
+            raise ValueError(f"native g: expected a 2-d tile, got "
+                             f"{getattr(g, 'shape', type(g).__name__)}")
+        r, c = g.shape
+        self.lib.fk_gauss_tile(_pointer(g, "g", (r, c)), _pointer(p, "p", (r,)),
+                               _pointer(q, "q", (c,)), _pointer(u, "u", (c,)),
+                               _pointer(acc, "acc", (r,)), r, c, float(s))
+
 
 def _pointer(t: Tensor, name: str, shape) -> int:
     """The data pointer of a float32, contiguous CPU tensor of exactly ``shape``.
@@ -155,7 +176,7 @@ def _pointer(t: Tensor, name: str, shape) -> int:
 
 
 def _known_answer(lib: NativeLibrary) -> None:
-    """Run both entry points on small inputs against float64 torch; raise if they disagree."""
+    """Run every entry point on small inputs against float64 torch; raise if they disagree."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 3, generator=g)
     y = torch.randn(16, 3, generator=g)
@@ -166,8 +187,16 @@ def _known_answer(lib: NativeLibrary) -> None:
     a = torch.tensor([0.0, -1.0, 1.0, -200.0, 2.5, -3.0, 0.5, 7.0, -0.25])
     e = a.clone()
     lib.scaled_exp(e, 1.0)
+    # 13 columns: a vector body and a tail
+    tile, acc = x @ y[:13].T, torch.ones(7)
+    lib.gauss_tile(tile, -x.pow(2).sum(1), -y[:13].pow(2).sum(1), v[:13, 0].contiguous(),
+                   acc, 2.0)
+    kernel = torch.exp(-torch.cdist(x.double(), y[:13].double()).pow(2))
     if not (torch.allclose(out.double(), want, rtol=1e-5, atol=1e-5)
-            and torch.allclose(e.double(), torch.exp(a.double()), rtol=1e-6, atol=1e-30)):
+            and torch.allclose(e.double(), torch.exp(a.double()), rtol=1e-6, atol=1e-30)
+            and torch.allclose(tile.double(), kernel, rtol=1e-5, atol=1e-6)
+            and torch.allclose(acc.double(), 1.0 + kernel @ v[:13, 0].double(), rtol=1e-5,
+                               atol=1e-5)):
         raise NativeBuildError(f"{lib.path} failed the known-answer check", loud=True)
 
 
@@ -311,17 +340,15 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
     r"""``out_i = sum_j exp(-c |x_i - y_j|^2) V_j``, shape ``(N, K)`` (float32 CPU inputs).
 
     Small ``d``: fused, r2, exp and the weighted sums in registers (explicit differences).
-    Large ``d``: the exponent comes out of one BLAS product of augmented matrices
-    ``[x, 1, |x|^2] . [2c y, -c |y|^2, -c]``, the exponential runs in place on a
-    cache-resident tile and a second product reduces it; that Gram form needs ``x`` and
-    ``y`` centred near the origin (the caller, :class:`flowkit.geometry.PointCloud`, does it).
+    Large ``d``: Gram tiles (:func:`_gram_tiles`); that form needs ``x`` and ``y`` centred
+    near the origin (the caller, :class:`flowkit.geometry.PointCloud`, does it).
     """
     lib = library()
     n, d = x.shape
     m, k = V.shape
-    out = torch.zeros(n, k, dtype=torch.float32)
     threads = torch.get_num_threads()
     if d <= lib.dmax and k <= lib.kmax:
+        out = torch.zeros(n, k, dtype=torch.float32)
         s = math.sqrt(c)
         pad = (-m) % 8
         xs = (x * s).contiguous()
@@ -330,21 +357,61 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
         chunk = max(4, -(-n // (8 * threads)))
         POOL.run(lambda a, b: lib.gauss_reduce(xs, yt, vt, out, a, b), n, chunk)
         return out
-    xa = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
-    ya = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True), y.new_full((m, 1), -c)],
-                   1)
+    return _gram_tiles(lib, x, y, V, c, max(1, min(rows, _TILE_ROWS, -(-n // (4 * threads)))))
+
+
+def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int
+                ) -> Tensor:
+    r"""The large-``d`` path: per cache-sized tile of ``rows x _TILE_COLS`` kernel entries,
+    a BLAS product written into a preallocated buffer, the exponential in place while the
+    tile is in cache, then the tile's second product ``tile @ V``. Threads split the rows.
+
+    ``"fused"`` tiles (:data:`LARGE_D_TILES`): the tile is ``x y^T`` (inner size ``d``),
+    then one native pass (``fk_gauss_tile``) adds the exponent's row and column terms
+    ``-c|x_i|^2 - c|y_j|^2``, exponentiates and reduces ``V``'s last column (the weights of
+    a kernel sum or of a gradient), so the second BLAS product has ``K - 1`` columns
+    (``d`` for a gradient) and a kernel sum needs none. ``"augmented"`` tiles (the previous
+    path): one product of ``[x, 1, |x|^2]`` and ``[2c y, -c|y|^2, -c]`` (inner size
+    ``d + 2``), the exponential, then all ``K`` columns by BLAS; kept for the benchmark.
+    """
+    n, m = x.shape[0], y.shape[0]
+    fused = LARGE_D_TILES == "fused"
+    if fused:
+        xb, yb, vb = x.contiguous(), y.contiguous(), V[:, :-1].contiguous()
+        p, q = -c * x.pow(2).sum(1), -c * y.pow(2).sum(1)
+        u, last = V[:, -1].contiguous(), x.new_zeros(n)
+    else:
+        xb = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
+        yb = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True),
+                        y.new_full((m, 1), -c)], 1)
+        vb = V
+    out = x.new_zeros(n, vb.shape[1])
     cols = min(m, _TILE_COLS)
-    rows = max(1, min(rows, _TILE_ROWS, -(-n // (4 * threads))))
+    buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
 
     def work(a: int, b: int) -> None:
-        buf = x.new_empty((b - a) * cols)
-        xi, oi = xa[a:b], out[a:b]
-        for j in range(0, m, cols):
-            yj = ya[j:j + cols]
-            e = buf[:xi.shape[0] * yj.shape[0]].view(xi.shape[0], yj.shape[0])
-            torch.mm(xi, yj.T, out=e)
-            lib.scaled_exp(e, 1.0)
-            oi.addmm_(e, V[j:j + cols])
+        # the previous path tiled the columns only: one worker (one thread) took all rows
+        step = rows if fused else max(1, b - a)
+        try:
+            buf = buffers.get_nowait()
+        except queue.Empty:
+            buf = None
+        if buf is None or buf.numel() < step * cols:
+            buf = x.new_empty(step * cols)
+        for r in range(a, b, step):
+            s = slice(r, min(b, r + step))
+            xi, oi = xb[s], out[s]
+            for j in range(0, m, cols):
+                yj = yb[j:j + cols]
+                e = buf[:xi.shape[0] * yj.shape[0]].view(xi.shape[0], yj.shape[0])
+                torch.mm(xi, yj.T, out=e)
+                if fused:
+                    lib.gauss_tile(e, p[s], q[j:j + cols], u[j:j + cols], last[s], 2.0 * c)
+                else:
+                    lib.scaled_exp(e, 1.0)
+                if vb.shape[1]:
+                    oi.addmm_(e, vb[j:j + cols])
+        buffers.put(buf)
 
     POOL.run(work, n, rows, single_threaded_torch=True)
-    return out
+    return torch.cat([out, last[:, None]], 1) if fused else out
