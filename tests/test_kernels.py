@@ -164,11 +164,11 @@ def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d):
     # exponential and last column must be right.
     from flowkit.backends import native
 
-    monkeypatch.setattr(native, "_TILE_ROWS", 9)
-    monkeypatch.setattr(native, "_TILE_COLS", 20)
+    monkeypatch.setattr(native, "_TILES", {tiles: (9, 20)})
     monkeypatch.setattr(native, "LARGE_D_TILES", tiles)
     x = torch.randn(53, d, generator=gen) / 2
     y = torch.randn(47, d, generator=gen) / 2
+    x[0] += 30.0  # exponents below -88: exact zeros, not subnormal garbage
     c = 1.0 / d
     kernel = torch.exp(-c * torch.cdist(x.double(), y.double()).pow(2))
     threads = torch.get_num_threads()
@@ -180,6 +180,7 @@ def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d):
             want = kernel @ V.double()
             # float32: a relative error of a few 1e-7 per entry, summed over 47 columns
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+            assert torch.all(got[0] == 0)
     finally:
         torch.set_num_threads(threads)
 
@@ -278,6 +279,12 @@ def test_native_gate_checks_every_tensor():
         lib.gauss_tile(tile, out[:, 0].contiguous(), v[:7], v, out[:, 0].contiguous(), 1.0)
     with pytest.raises(ValueError, match="native acc"):
         lib.gauss_tile(tile, torch.zeros(4), v, v, torch.zeros(4, dtype=torch.float64), 1.0)
+    run = lib.tile_epilogue(torch.zeros(16), torch.zeros(4), v, v, torch.zeros(4), 1.0)
+    for bounds in ((0, 4, 0, 8), (0, 5, 0, 1), (0, 1, 7, 9), (2, 1, 0, 1)):
+        with pytest.raises(ValueError, match="do not fit a buffer of 16"):
+            run(*bounds)
+    with pytest.raises(ValueError, match="native u"):
+        lib.tile_epilogue(torch.zeros(16), torch.zeros(4), v, v[:7], torch.zeros(4), 1.0)
 
 
 @pytest.mark.parametrize("fn", ["kernel_sum", "kernel_grad_sum", "mmd2"])

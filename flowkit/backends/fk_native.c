@@ -36,12 +36,12 @@ static inline __m256 fk_exp8(__m256 x) {
     return _mm256_andnot_ps(under, fk_exp8_core(_mm256_min_ps(_mm256_max_ps(x, lo), hi)));
 }
 
-/* exp(min(x, 0)): the kernel's exponent, whose rounding may push it slightly above 0. */
+/* exp(min(x, 0)): the kernel's exponent, whose rounding may push it slightly above 0.
+   Below -88 the exponent field n + 127 is 0, so the result is exactly 0 (as fk_exp8's
+   underflow) without a compare and a mask: two instructions fewer per vector. */
 static inline __m256 fk_exp8_nonpos(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(FK_EXP_LO);
-    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    return _mm256_andnot_ps(under, fk_exp8_core(
-        _mm256_max_ps(_mm256_min_ps(x, _mm256_setzero_ps()), lo)));
+    return fk_exp8_core(_mm256_max_ps(_mm256_min_ps(x, _mm256_setzero_ps()),
+                                      _mm256_set1_ps(-88.0f)));
 }
 
 void fk_scaled_exp(float *a, int64_t n, float s) {

@@ -48,14 +48,16 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
 _ABI = 2  # must match FK_ABI in fk_native.c
 
-# Cache-friendly tile of the large-d path (2 MiB in float32): larger tiles only add memory
-# traffic (the products and the exponential then stream from RAM, not L2/L3).
-_TILE_ROWS = 256
-_TILE_COLS = 2048
 #: How the large-d path treats a tile: ``"fused"`` (default) or ``"augmented"`` (the
 #: previous path); see :func:`_gram_tiles`. Only ``benchmarks/mmd_gradient.py`` changes it,
 #: to time both in one run; it is not a user setting.
 LARGE_D_TILES = "fused"
+# Most rows and columns of a tile of the large-d path, per kind of tile (1 and 2 MiB in
+# float32). Fused: 1024 x 256 measured best among 256-2048 x 128-2048 on one thread of a
+# 2-core AMD EPYC (L2 512 KiB, d = 64), though every shape from 512 x 512 to 1024 x 128
+# was within 10% and the load on that machine; larger tiles stream from L3 or RAM, smaller
+# ones pay Python's per-call cost. Augmented: the previous path's tile, kept as it was.
+_TILES = {"fused": (1024, 256), "augmented": (256, 2048)}
 
 
 class NativeBuildError(RuntimeError):
@@ -157,6 +159,30 @@ class NativeLibrary:
         self.lib.fk_gauss_tile(_pointer(g, "g", (r, c)), _pointer(p, "p", (r,)),
                                _pointer(q, "q", (c,)), _pointer(u, "u", (c,)),
                                _pointer(acc, "acc", (r,)), r, c, float(s))
+
+
+    def tile_epilogue(self, buf: Tensor, p: Tensor, q: Tensor, u: Tensor, acc: Tensor,
+                      s: float):
+        """:meth:`gauss_tile` bound to whole tensors, checked here once, for a hot loop.
+
+        Returns ``run(r0, r1, j0, j1)``: the first ``(r1 - r0) * (j1 - j0)`` entries of
+        ``buf`` are the tile of rows ``r0:r1`` (of ``p`` and ``acc``) and columns ``j0:j1``
+        (of ``q`` and ``u``); bounds are checked on every call, no tensor is made.
+        """
+        n, m, size = p.numel(), q.numel(), buf.numel()
+        gp, pp = _pointer(buf, "buf", (size,)), _pointer(p, "p", (n,))
+        qp, up = _pointer(q, "q", (m,)), _pointer(u, "u", (m,))
+        ap, fn, s = _pointer(acc, "acc", (n,)), self.lib.fk_gauss_tile, float(s)
+        keep = (buf, p, q, u, acc)  # the memory behind the pointers outlives the closure
+
+        def run(r0: int, r1: int, j0: int, j1: int) -> None:
+            if not (0 <= r0 <= r1 <= n and 0 <= j0 <= j1 <= m
+                    and (r1 - r0) * (j1 - j0) <= size and keep):
+                raise ValueError(f"tile rows [{r0}, {r1}) of {n}, columns [{j0}, {j1}) of "
+                                 f"{m} do not fit a buffer of {size}")
+            fn(gp, pp + 4 * r0, qp + 4 * j0, up + 4 * j0, ap + 4 * r0, r1 - r0, j1 - j0, s)
+
+        return run
 
 
 def _pointer(t: Tensor, name: str, shape) -> int:
@@ -357,12 +383,14 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
         chunk = max(4, -(-n // (8 * threads)))
         POOL.run(lambda a, b: lib.gauss_reduce(xs, yt, vt, out, a, b), n, chunk)
         return out
-    return _gram_tiles(lib, x, y, V, c, max(1, min(rows, _TILE_ROWS, -(-n // (4 * threads)))))
+    tile_rows, tile_cols = _TILES[LARGE_D_TILES]
+    rows = max(1, min(rows, tile_rows, -(-n // (4 * threads))))
+    return _gram_tiles(lib, x, y, V, c, rows, tile_cols)
 
 
-def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int
-                ) -> Tensor:
-    r"""The large-``d`` path: per cache-sized tile of ``rows x _TILE_COLS`` kernel entries,
+def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
+                cols: int) -> Tensor:
+    r"""The large-``d`` path: per cache-sized tile of ``rows x cols`` kernel entries,
     a BLAS product written into a preallocated buffer, the exponential in place while the
     tile is in cache, then the tile's second product ``tile @ V``. Threads split the rows.
 
@@ -386,7 +414,9 @@ def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, r
                         y.new_full((m, 1), -c)], 1)
         vb = V
     out = x.new_zeros(n, vb.shape[1])
-    cols = min(m, _TILE_COLS)
+    cols = min(m, cols)
+    panels = [(j, yb[j:j + cols], vb[j:j + cols] if vb.shape[1] else None)
+              for j in range(0, m, cols)]
     buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
 
     def work(a: int, b: int) -> None:
@@ -398,19 +428,20 @@ def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, r
             buf = None
         if buf is None or buf.numel() < step * cols:
             buf = x.new_empty(step * cols)
+        if fused:
+            epilogue = lib.tile_epilogue(buf, p, q, u, last, 2.0 * c)
         for r in range(a, b, step):
-            s = slice(r, min(b, r + step))
-            xi, oi = xb[s], out[s]
-            for j in range(0, m, cols):
-                yj = yb[j:j + cols]
-                e = buf[:xi.shape[0] * yj.shape[0]].view(xi.shape[0], yj.shape[0])
+            r1 = min(b, r + step)
+            xi, oi = xb[r:r1], out[r:r1]
+            for j, yj, vj in panels:
+                e = buf[:(r1 - r) * yj.shape[0]].view(r1 - r, yj.shape[0])
                 torch.mm(xi, yj.T, out=e)
                 if fused:
-                    lib.gauss_tile(e, p[s], q[j:j + cols], u[j:j + cols], last[s], 2.0 * c)
+                    epilogue(r, r1, j, j + yj.shape[0])
                 else:
                     lib.scaled_exp(e, 1.0)
-                if vb.shape[1]:
-                    oi.addmm_(e, vb[j:j + cols])
+                if vj is not None:
+                    oi.addmm_(e, vj)
         buffers.put(buf)
 
     POOL.run(work, n, rows, single_threaded_torch=True)
