@@ -383,9 +383,22 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
         chunk = max(4, -(-n // (8 * threads)))
         POOL.run(lambda a, b: lib.gauss_reduce(xs, yt, vt, out, a, b), n, chunk)
         return out
+    return _gram_tiles(lib, x, y, V, c, *_tile_shape(n, rows, threads))
+
+
+def _tile_shape(n: int, rows: int, threads: int) -> tuple[int, int]:
+    """Rows and columns of a tile of the large-d path for a block of ``n`` rows.
+
+    Fused tiles are as tall as allowed (each panel of ``y`` and ``V`` is read once per row
+    tile), with at least two row chunks per thread when several threads share the rows
+    (handed out dynamically), and keep their number of entries when they have fewer rows
+    (each tile costs a few Python calls). The previous path keeps its own rule.
+    """
     tile_rows, tile_cols = _TILES[LARGE_D_TILES]
-    rows = max(1, min(rows, tile_rows, -(-n // (4 * threads))))
-    return _gram_tiles(lib, x, y, V, c, rows, tile_cols)
+    if LARGE_D_TILES == "augmented":
+        return max(1, min(rows, tile_rows, -(-n // (4 * threads)))), tile_cols
+    rows = max(1, min(rows, tile_rows, n if threads == 1 else -(-n // (2 * threads))))
+    return rows, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8)
 
 
 def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
