@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -160,9 +161,8 @@ class NativeLibrary:
                                _pointer(q, "q", (c,)), _pointer(u, "u", (c,)),
                                _pointer(acc, "acc", (r,)), r, c, float(s))
 
-
     def tile_epilogue(self, buf: Tensor, p: Tensor, q: Tensor, u: Tensor, acc: Tensor,
-                      s: float):
+                      s: float) -> Callable[[int, int, int, int], None]:
         """:meth:`gauss_tile` bound to whole tensors, checked here once, for a hot loop.
 
         Returns ``run(r0, r1, j0, j1)``: the first ``(r1 - r0) * (j1 - j0)`` entries of
@@ -173,15 +173,15 @@ class NativeLibrary:
         gp, pp = _pointer(buf, "buf", (size,)), _pointer(p, "p", (n,))
         qp, up = _pointer(q, "q", (m,)), _pointer(u, "u", (m,))
         ap, fn, s = _pointer(acc, "acc", (n,)), self.lib.fk_gauss_tile, float(s)
-        keep = (buf, p, q, u, acc)  # the memory behind the pointers outlives the closure
 
         def run(r0: int, r1: int, j0: int, j1: int) -> None:
             if not (0 <= r0 <= r1 <= n and 0 <= j0 <= j1 <= m
-                    and (r1 - r0) * (j1 - j0) <= size and keep):
+                    and (r1 - r0) * (j1 - j0) <= size):
                 raise ValueError(f"tile rows [{r0}, {r1}) of {n}, columns [{j0}, {j1}) of "
                                  f"{m} do not fit a buffer of {size}")
             fn(gp, pp + 4 * r0, qp + 4 * j0, up + 4 * j0, ap + 4 * r0, r1 - r0, j1 - j0, s)
 
+        run.tensors = (buf, p, q, u, acc)  # the memory behind the pointers lives as long
         return run
 
 
