@@ -1,12 +1,13 @@
 r"""Benchmark: the MMD functional gradient of N particles against M = N data points.
 
 Compares, in one run on the same machine, flowkit (default backend, i.e. the fused native
-Gaussian path where available, and the plain-torch backend), GeomLoss
-``SamplesLoss("gaussian")`` with its tensorized and online (KeOps) backends, and a naive
-torch implementation that materializes the kernel matrices, for d in {2, 64},
-N in {1k, 4k, 16k, 64k}, float32, CPU. The quantity is the gradient of the Gaussian MMD^2
-with respect to the particles (flowkit: the closed form; the peers: autograd of their loss),
-bandwidth ``h = sqrt(d)``.
+Gaussian path where available; the same with the large-d tiles as they were before the
+fusion of the exponential into the tiles, ``flowkit-before``; and the plain-torch
+backend), GeomLoss ``SamplesLoss("gaussian")`` with its tensorized and online (KeOps)
+backends, and a naive torch implementation that materializes the kernel matrices, for d in
+{2, 64}, N in {1k, 4k, 16k, 64k}, float32, CPU. The quantity is the gradient of the
+Gaussian MMD^2 with respect to the particles (flowkit: the closed form; the peers: autograd
+of their loss), bandwidth ``h = sqrt(d)``.
 
 Besides seconds per gradient and peak extra memory, it measures the machine floor in the
 same run: the float32 matmul rate (a 2048^3 product) and the best exponential throughput
@@ -17,7 +18,13 @@ buffer, same threads), and reports each time as a ratio to
 
 (the particle-particle and particle-data sums: two ``N x M`` distance products and two
 weighted reductions, ``4 N M d`` FLOPs each pair, and one exponential per kernel entry).
-"GFLOP/s" is ``8 N M d`` divided by the measured time, for every method alike.
+"GFLOP/s" is ``8 N M d`` divided by the measured time, for every method alike. Every time
+and rate is also taken in CPU seconds of the process (all its threads), and the table
+gives both ratios: on a machine shared with other jobs a long product loses the CPU more
+often than a short one, which distorts wall-clock ratios; the CPU-time ratio is the work
+of a cell against the floor's work (on one thread, the ratio the cell would have alone).
+
+``--threads 1 2`` runs the floor and the table once per thread count, in one invocation.
 
 Every cell runs in a fresh subprocess, so its peak memory is its own (``VmHWM`` after a
 reset through ``/proc/self/clear_refs``, minus the resident size before the gradient).
@@ -29,6 +36,9 @@ Usage::
 
     python benchmarks/mmd_gradient.py                 # full table, 5-15 minutes here
     python benchmarks/mmd_gradient.py --sizes 1000 4000 --dims 2
+    # the large-d tiles before / after, 1 and 2 threads (about 2-4 minutes here)
+    python benchmarks/mmd_gradient.py --sizes 4000 8000 --dims 2 64 \
+        --methods flowkit flowkit-before --threads 1 2
 
 Writes ``benchmarks/results/mmd_gradient-<timestamp>.json`` and prints a markdown table.
 """
@@ -46,9 +56,11 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ["flowkit", "flowkit-torch", "geomloss-tensorized", "geomloss-online", "naive-torch"]
+METHODS = ["flowkit", "flowkit-before", "flowkit-torch", "geomloss-tensorized",
+           "geomloss-online", "naive-torch"]
 LABELS = {
     "flowkit": "flowkit (auto: native fused)",
+    "flowkit-before": "flowkit (auto, previous large-d tiles)",
     "flowkit-torch": "flowkit (backend='torch')",
     "geomloss-tensorized": "GeomLoss tensorized",
     "geomloss-online": "GeomLoss online (KeOps)",
@@ -65,10 +77,13 @@ def _gradient_fn(method: str, x, y, h: float):
     """A zero-argument callable computing the particles' MMD gradient with ``method``."""
     import torch
 
-    if method in ("flowkit", "flowkit-torch"):
+    if method in ("flowkit", "flowkit-before", "flowkit-torch"):
         import flowkit as fk
+        from flowkit.backends import native
 
-        backend = "auto" if method == "flowkit" else "torch"
+        if method == "flowkit-before":  # this cell's process only: the path before the fusion
+            native.LARGE_D_TILES = "augmented"
+        backend = "torch" if method == "flowkit-torch" else "auto"
         obj = fk.objectives.MMD(y, fk.kernels.Gaussian(h), backend=backend)
         return lambda: obj.functional_gradient(x)
     if method.startswith("geomloss"):
@@ -122,14 +137,16 @@ def run_cell(method: str, d: int, n: int, reps: int, warmup: bool) -> dict:
         peak_ok = True
     except OSError:
         peak_ok = False
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         del out
     peak = (_status_kib("VmHWM") - base) / 1024 if peak_ok else None
-    return {"seconds": min(times), "all_seconds": times, "peak_extra_mib": peak}
+    return {"seconds": min(times), "all_seconds": times, "cpu_seconds": min(cpu),
+            "peak_extra_mib": peak}
 
 
 # ----------------------------------------------------------------------------- the floor
@@ -139,43 +156,62 @@ def measure_floor(reps: int = 7) -> dict:
     """float32 matmul rate (2048^3) and the best exp throughput on this machine (1 MiB,
     cache-resident): torch.exp, numpy.exp and flowkit's native exponential, all on the
     threads the run uses. The floor takes the best exp: an implementation that used it
-    could reach that floor."""
+    could reach that floor.
+
+    Each rate is measured twice over, per wall-clock second and per CPU second of the
+    process (all its threads): on a shared machine the CPU-time rates are what the code
+    gets while it runs, and the CPU-time ratio of a cell is its work against the floor's.
+    """
     import numpy as np
     import torch
 
     from flowkit.backends import native
 
     def best(f, r):
+        """(min wall seconds, min CPU seconds) over ``r`` runs after one untimed run."""
         f()
-        out = float("inf")
+        wall = cpu = float("inf")
         for _ in range(r):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             f()
-            out = min(out, time.perf_counter() - t0)
-        return out
+            wall = min(wall, time.perf_counter() - t0)
+            cpu = min(cpu, time.process_time() - c0)
+        return wall, cpu
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     t_mm = best(lambda: a @ b, reps)
     buf = -torch.rand(1 << 18)
     res = torch.empty_like(buf)
     nbuf, nres = buf.numpy(), res.numpy()
-    rates = {}
+    exps = {}
 
     def run32(fn):
         def go():
             for _ in range(32):
                 fn()
-        return 32 * buf.numel() / best(go, reps)
+        return best(go, reps)
 
-    rates["torch.exp"] = run32(lambda: torch.exp(buf, out=res))
-    rates["numpy.exp"] = run32(lambda: np.exp(nbuf, out=nres))
+    exps["torch.exp"] = run32(lambda: torch.exp(buf, out=res))
+    exps["numpy.exp"] = run32(lambda: np.exp(nbuf, out=nres))
     if native.available():
         work = buf.clone()
         # exp(1e-3 * a) in place: the argument stays in (-1e-3, 0], as in a kernel block
-        rates["flowkit native exp"] = run32(lambda: native.scaled_exp(work, 1e-3))
-    best_name = max(rates, key=rates.get)
-    return {"matmul_gflops": 2 * 2048**3 / t_mm / 1e9, "exp_rates": rates,
-            "exp_best": best_name, "exp_per_second": rates[best_name]}
+        exps["flowkit native exp"] = run32(lambda: native.scaled_exp(work, 1e-3))
+    out = {}
+    for clock, k in (("", 0), ("_cpu", 1)):
+        rates = {name: 32 * buf.numel() / t[k] for name, t in exps.items()}
+        best_name = max(rates, key=rates.get)
+        out.update({f"matmul_gflops{clock}": 2 * 2048**3 / t_mm[k] / 1e9,
+                    f"exp_rates{clock}": rates, f"exp_best{clock}": best_name,
+                    f"exp_per_second{clock}": rates[best_name]})
+    return out
+
+
+def floor_seconds(floor: dict, n: int, m: int, d: int, clock: str = "") -> float:
+    """``8 N M d / matmul rate + 2 N M / exp rate``, with the rates of ``clock``
+    (``""``: wall clock, ``"_cpu"``: CPU time)."""
+    return (8.0 * n * m * d / (floor[f"matmul_gflops{clock}"] * 1e9)
+            + 2.0 * n * m / floor[f"exp_per_second{clock}"])
 
 
 # ----------------------------------------------------------------------------- driver
@@ -207,15 +243,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="skip the remaining cells once the run has taken this long")
     parser.add_argument("--memory-mib", type=float, default=8192.0,
                         help="skip a cell whose estimated matrices exceed this")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the floor and every cell (default: torch's)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch threads for the floor and every cell; several values "
+                             "run the table once per value (default: torch's)")
     parser.add_argument("--cell", nargs=5, metavar=("METHOD", "D", "N", "REPS", "WARMUP"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
 
-    if args.threads is not None:
-        os.environ["FLOWKIT_BENCH_THREADS"] = str(args.threads)  # children inherit it
     if os.environ.get("FLOWKIT_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["FLOWKIT_BENCH_THREADS"]))
     if args.cell:  # child process: one cell, JSON on stdout
@@ -224,19 +259,48 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     start = time.perf_counter()
-    floor = measure_floor()
-    print(f"matmul {floor['matmul_gflops']:.1f} GFLOP/s, exp rates (G/s): "
-          + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in floor["exp_rates"].items())
-          + f"; the floor uses {floor['exp_best']}", flush=True)
+    floors: list[dict] = []
+    rows: list[dict] = []
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        os.environ["FLOWKIT_BENCH_THREADS"] = str(threads)  # the cells' processes inherit it
+        floor = {"threads": threads, **measure_floor()}
+        floors.append(floor)
+        print(_floor_line(floor), flush=True)
+        rows += _run_cells(args, floor, start)
+    result = {
+        "benchmark": "mmd_gradient",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__, "load_average_at_end": os.getloadavg()},
+        "floors": floors,
+        "rows": rows,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"mmd_gradient-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(markdown_table(result))
+    print(f"\nwritten to {path}")
+    return result
+
+
+def _run_cells(args: argparse.Namespace, floor: dict, start: float) -> list[dict]:
+    """Every (d, N, method) cell on ``floor['threads']`` threads, each in its own process."""
     rows: list[dict] = []
     last: dict[tuple[str, int], float] = {}  # time at the largest N run so far
     prev_n: dict[tuple[str, int], int] = {}
     for d in args.dims:
         for n in sorted(args.sizes):
-            flops, exps = 8.0 * n * n * d, 2.0 * n * n
-            t_floor = flops / (floor["matmul_gflops"] * 1e9) + exps / floor["exp_per_second"]
+            flops = 8.0 * n * n * d
+            t_floor = floor_seconds(floor, n, n, d)
             for method in args.methods:
-                row = {"method": method, "d": d, "N": n, "M": n, "floor_seconds": t_floor}
+                row = {"method": method, "threads": floor["threads"], "d": d, "N": n, "M": n,
+                       "floor_seconds": t_floor,
+                       "floor_cpu_seconds": floor_seconds(floor, n, n, d, "_cpu")}
                 reason = _installed(method)
                 prev = last.get((method, d))
                 predicted = None if prev is None else prev * (n / prev_n[method, d]) ** 2
@@ -266,53 +330,44 @@ def main(argv: list[str] | None = None) -> dict:
                     t = row["seconds"]
                     row["gflops"] = flops / t / 1e9
                     row["ratio_to_floor"] = t / t_floor
+                    row["ratio_to_floor_cpu"] = row["cpu_seconds"] / row["floor_cpu_seconds"]
                     last[(method, d)] = t
                     prev_n[(method, d)] = n
                 else:
                     row["skipped"] = reason
                 rows.append(row)
                 print(_row_markdown(row), flush=True)
-    result = {
-        "benchmark": "mmd_gradient",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "load_average_at_end": os.getloadavg()},
-        "floor": floor,
-        "rows": rows,
-        "wall_seconds": time.perf_counter() - start,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"mmd_gradient-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(markdown_table(result))
-    print(f"\nwritten to {path}")
-    return result
+    return rows
+
+
+def _floor_line(f: dict) -> str:
+    def rates(clock: str) -> str:
+        return ", ".join(f"{k} {v / 1e9:.2f}" for k, v in f[f"exp_rates{clock}"].items())
+
+    return (f"Machine floor on {f['threads']} thread(s) (same run): float32 matmul "
+            f"{f['matmul_gflops']:.1f} GFLOP/s, best exp ({f['exp_best']}) "
+            f"{f['exp_per_second'] / 1e9:.2f} G exp/s (all: {rates('')}); per CPU second: "
+            f"matmul {f['matmul_gflops_cpu']:.1f} GFLOP/s, exp {rates('_cpu')}.")
 
 
 def _row_markdown(row: dict) -> str:
-    head = f"| {row['d']} | {row['N']} | {LABELS[row['method']]} |"
+    head = f"| {row['threads']} | {row['d']} | {row['N']} | {LABELS[row['method']]} |"
     if "skipped" in row:
-        return head + f" {row['skipped']} | | | |"
+        return head + f" {row['skipped']} | | | | |"
     peak = row.get("peak_extra_mib")
     peak_s = "n/a" if peak is None else f"{peak:.0f}"
     return head + (f" {row['seconds']:.3g} | {peak_s} | {row['gflops']:.1f} | "
-                   f"{row['ratio_to_floor']:.2f} |")
+                   f"{row['ratio_to_floor']:.2f} | {row['ratio_to_floor_cpu']:.2f} |")
 
 
 def markdown_table(result: dict) -> str:
     """The measured table, markdown."""
-    f = result["floor"]
-    lines = [
-        f"Machine floor (same run): float32 matmul {f['matmul_gflops']:.1f} GFLOP/s, best exp "
-        f"({f['exp_best']}) {f['exp_per_second'] / 1e9:.2f} G exp/s (all: "
-        + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in f["exp_rates"].items()) + ").",
+    lines = [_floor_line(f) for f in result["floors"]]
+    lines += [
         "",
-        "| d | N = M | method | s / gradient | peak extra MiB | GFLOP/s | x floor |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| threads | d | N = M | method | s / gradient | peak extra MiB | GFLOP/s | x floor "
+        "| x floor (CPU time) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [_row_markdown(r) for r in result["rows"]]
     return "\n".join(lines)

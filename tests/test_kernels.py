@@ -142,7 +142,7 @@ def test_float32_far_from_the_origin_stays_accurate(gen):
 
 
 @NATIVE
-@pytest.mark.parametrize("d", [1, 2, 5, 16, 17, 64])
+@pytest.mark.parametrize("d", [1, 2, 5, 16, 17, 64, 100, 130])
 def test_native_path_matches_torch(gen, d):
     x, y, w = _data(gen, n=203, m=150, d=d, dtype=torch.float32)
     k = K.Gaussian(0.6 * d**0.5)
@@ -152,6 +152,37 @@ def test_native_path_matches_torch(gen, d):
     g = kernel_grad_sum(x, y, k, w, backend="native")
     assert (s.double() - ref_s).abs().max() <= 1e-5 * ref_s.abs().max()
     assert (g.double() - ref_g).abs().max() <= 1e-5 * ref_g.abs().max()
+
+
+@NATIVE
+@pytest.mark.parametrize("tiles", ["fused", "augmented"])
+@pytest.mark.parametrize("d", [1, 3, 17, 64, 100, 130])
+def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d):
+    # The large-d path on small tiles (9 x 20: sizes not multiples of 8 or of the tile),
+    # several value columns (a kernel sum, a gradient's d + 1, more than the small-d kernel
+    # takes, which sends d <= 16 to the tiles too), two threads: each tile's exponent,
+    # exponential and last column must be right.
+    from flowkit.backends import native
+
+    monkeypatch.setattr(native, "_TILES", {tiles: (9, 20)})
+    monkeypatch.setattr(native, "LARGE_D_TILES", tiles)
+    x = torch.randn(53, d, generator=gen) / 2
+    y = torch.randn(47, d, generator=gen) / 2
+    x[0] += 30.0  # exponents below -88: exact zeros, not subnormal garbage
+    c = 1.0 / d
+    kernel = torch.exp(-c * torch.cdist(x.double(), y.double()).pow(2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for k in (1, 2, d + 1, native.library().kmax + 3):
+            V = torch.randn(47, k, generator=gen)
+            got = native.reduce(x, y, V, c, rows=11)
+            want = kernel @ V.double()
+            # float32: a relative error of a few 1e-7 per entry, summed over 47 columns
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+            assert torch.all(got[0] == 0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @NATIVE
@@ -239,6 +270,21 @@ def test_native_gate_checks_every_tensor():
         lib.gauss_reduce(x, yt, vt, torch.zeros(3, 1), 0, 4)
     with pytest.raises(ValueError, match="native a"):
         lib.scaled_exp(torch.zeros(5, dtype=torch.float16), 1.0)
+    tile, v = torch.zeros(4, 8), torch.zeros(8)
+    with pytest.raises(ValueError, match="native g"):
+        lib.gauss_tile(tile[:, :4], out[:, 0], v[:4], v[:4], out[:, 0], 1.0)  # a view
+    with pytest.raises(ValueError, match="native g: expected a 2-d tile"):
+        lib.gauss_tile(v, out[:, 0], v, v, out[:, 0], 1.0)
+    with pytest.raises(ValueError, match="native q"):
+        lib.gauss_tile(tile, out[:, 0].contiguous(), v[:7], v, out[:, 0].contiguous(), 1.0)
+    with pytest.raises(ValueError, match="native acc"):
+        lib.gauss_tile(tile, torch.zeros(4), v, v, torch.zeros(4, dtype=torch.float64), 1.0)
+    run = lib.tile_epilogue(torch.zeros(16), torch.zeros(4), v, v, torch.zeros(4), 1.0)
+    for bounds in ((0, 4, 0, 8), (0, 5, 0, 1), (0, 1, 7, 9), (2, 1, 0, 1)):
+        with pytest.raises(ValueError, match="do not fit a buffer of 16"):
+            run(*bounds)
+    with pytest.raises(ValueError, match="native u"):
+        lib.tile_epilogue(torch.zeros(16), torch.zeros(4), v, v[:7], torch.zeros(4), 1.0)
 
 
 @pytest.mark.parametrize("fn", ["kernel_sum", "kernel_grad_sum", "mmd2"])

@@ -29,11 +29,13 @@ import hashlib
 import math
 import os
 import platform
+import queue
 import shutil
 import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,10 +49,16 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
 _ABI = 2  # must match FK_ABI in fk_native.c
 
-# Cache-friendly tile of the large-d path (2 MiB in float32): larger tiles only add memory
-# traffic (the products and the exponential then stream from RAM, not L2/L3).
-_TILE_ROWS = 256
-_TILE_COLS = 2048
+#: How the large-d path treats a tile: ``"fused"`` (default) or ``"augmented"`` (the
+#: previous path); see :func:`_gram_tiles`. Only ``benchmarks/mmd_gradient.py`` changes it,
+#: to time both in one run; it is not a user setting.
+LARGE_D_TILES = "fused"
+# Most rows and columns of a tile of the large-d path, per kind of tile (1 and 2 MiB in
+# float32). Fused: 1024 x 256 measured best among 256-2048 x 128-2048 on one thread of a
+# 2-core AMD EPYC (L2 512 KiB, d = 64), though every shape from 512 x 512 to 1024 x 128
+# was within 10% and the load on that machine; larger tiles stream from L3 or RAM, smaller
+# ones pay Python's per-call cost. Augmented: the previous path's tile, kept as it was.
+_TILES = {"fused": (1024, 256), "augmented": (256, 2048)}
 
 
 class NativeBuildError(RuntimeError):
@@ -110,6 +118,9 @@ class NativeLibrary:
             lib.fk_scaled_exp.restype = None
             lib.fk_gauss_reduce.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
             lib.fk_gauss_reduce.restype = None
+            lib.fk_gauss_tile.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 \
+                + [ctypes.c_float]
+            lib.fk_gauss_tile.restype = None
         except (OSError, AttributeError) as err:
             raise NativeBuildError(f"{path} is not flowkit's native library: {err}") from err
         if lib.fk_abi() != _ABI:
@@ -137,6 +148,42 @@ class NativeLibrary:
                                  _pointer(vt, "vt", (k, mp)), _pointer(out, "out", (n, k)),
                                  r0, r1, mp, d, k)
 
+    def gauss_tile(self, g: Tensor, p: Tensor, q: Tensor, u: Tensor, acc: Tensor, s: float
+                   ) -> None:
+        """``g <- exp(min(s g + p[:, None] + q[None, :], 0))`` in place on a contiguous
+        ``(r, c)`` tile, and ``acc += g @ u`` (the tile's share of the reduction against
+        ``u``)."""
+        if not isinstance(g, Tensor) or g.dim() != 2:
+            raise ValueError(f"native g: expected a 2-d tile, got "
+                             f"{getattr(g, 'shape', type(g).__name__)}")
+        r, c = g.shape
+        self.lib.fk_gauss_tile(_pointer(g, "g", (r, c)), _pointer(p, "p", (r,)),
+                               _pointer(q, "q", (c,)), _pointer(u, "u", (c,)),
+                               _pointer(acc, "acc", (r,)), r, c, float(s))
+
+    def tile_epilogue(self, buf: Tensor, p: Tensor, q: Tensor, u: Tensor, acc: Tensor,
+                      s: float) -> Callable[[int, int, int, int], None]:
+        """:meth:`gauss_tile` bound to whole tensors, checked here once, for a hot loop.
+
+        Returns ``run(r0, r1, j0, j1)``: the first ``(r1 - r0) * (j1 - j0)`` entries of
+        ``buf`` are the tile of rows ``r0:r1`` (of ``p`` and ``acc``) and columns ``j0:j1``
+        (of ``q`` and ``u``); bounds are checked on every call, no tensor is made.
+        """
+        n, m, size = p.numel(), q.numel(), buf.numel()
+        gp, pp = _pointer(buf, "buf", (size,)), _pointer(p, "p", (n,))
+        qp, up = _pointer(q, "q", (m,)), _pointer(u, "u", (m,))
+        ap, fn, s = _pointer(acc, "acc", (n,)), self.lib.fk_gauss_tile, float(s)
+
+        def run(r0: int, r1: int, j0: int, j1: int) -> None:
+            if not (0 <= r0 <= r1 <= n and 0 <= j0 <= j1 <= m
+                    and (r1 - r0) * (j1 - j0) <= size):
+                raise ValueError(f"tile rows [{r0}, {r1}) of {n}, columns [{j0}, {j1}) of "
+                                 f"{m} do not fit a buffer of {size}")
+            fn(gp, pp + 4 * r0, qp + 4 * j0, up + 4 * j0, ap + 4 * r0, r1 - r0, j1 - j0, s)
+
+        run.tensors = (buf, p, q, u, acc)  # the memory behind the pointers lives as long
+        return run
+
 
 def _pointer(t: Tensor, name: str, shape) -> int:
     """The data pointer of a float32, contiguous CPU tensor of exactly ``shape``.
@@ -155,7 +202,7 @@ def _pointer(t: Tensor, name: str, shape) -> int:
 
 
 def _known_answer(lib: NativeLibrary) -> None:
-    """Run both entry points on small inputs against float64 torch; raise if they disagree."""
+    """Run every entry point on small inputs against float64 torch; raise if they disagree."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 3, generator=g)
     y = torch.randn(16, 3, generator=g)
@@ -166,8 +213,16 @@ def _known_answer(lib: NativeLibrary) -> None:
     a = torch.tensor([0.0, -1.0, 1.0, -200.0, 2.5, -3.0, 0.5, 7.0, -0.25])
     e = a.clone()
     lib.scaled_exp(e, 1.0)
+    # 13 columns: a vector body and a tail
+    tile, acc = x @ y[:13].T, torch.ones(7)
+    lib.gauss_tile(tile, -x.pow(2).sum(1), -y[:13].pow(2).sum(1), v[:13, 0].contiguous(),
+                   acc, 2.0)
+    kernel = torch.exp(-torch.cdist(x.double(), y[:13].double()).pow(2))
     if not (torch.allclose(out.double(), want, rtol=1e-5, atol=1e-5)
-            and torch.allclose(e.double(), torch.exp(a.double()), rtol=1e-6, atol=1e-30)):
+            and torch.allclose(e.double(), torch.exp(a.double()), rtol=1e-6, atol=1e-30)
+            and torch.allclose(tile.double(), kernel, rtol=1e-5, atol=1e-6)
+            and torch.allclose(acc.double(), 1.0 + kernel @ v[:13, 0].double(), rtol=1e-5,
+                               atol=1e-5)):
         raise NativeBuildError(f"{lib.path} failed the known-answer check", loud=True)
 
 
@@ -311,17 +366,15 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
     r"""``out_i = sum_j exp(-c |x_i - y_j|^2) V_j``, shape ``(N, K)`` (float32 CPU inputs).
 
     Small ``d``: fused, r2, exp and the weighted sums in registers (explicit differences).
-    Large ``d``: the exponent comes out of one BLAS product of augmented matrices
-    ``[x, 1, |x|^2] . [2c y, -c |y|^2, -c]``, the exponential runs in place on a
-    cache-resident tile and a second product reduces it; that Gram form needs ``x`` and
-    ``y`` centred near the origin (the caller, :class:`flowkit.geometry.PointCloud`, does it).
+    Large ``d``: Gram tiles (:func:`_gram_tiles`); that form needs ``x`` and ``y`` centred
+    near the origin (the caller, :class:`flowkit.geometry.PointCloud`, does it).
     """
     lib = library()
     n, d = x.shape
     m, k = V.shape
-    out = torch.zeros(n, k, dtype=torch.float32)
     threads = torch.get_num_threads()
     if d <= lib.dmax and k <= lib.kmax:
+        out = torch.zeros(n, k, dtype=torch.float32)
         s = math.sqrt(c)
         pad = (-m) % 8
         xs = (x * s).contiguous()
@@ -330,21 +383,79 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
         chunk = max(4, -(-n // (8 * threads)))
         POOL.run(lambda a, b: lib.gauss_reduce(xs, yt, vt, out, a, b), n, chunk)
         return out
-    xa = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
-    ya = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True), y.new_full((m, 1), -c)],
-                   1)
-    cols = min(m, _TILE_COLS)
-    rows = max(1, min(rows, _TILE_ROWS, -(-n // (4 * threads))))
+    return _gram_tiles(lib, x, y, V, c, *_tile_shape(n, rows, threads))
+
+
+def _tile_shape(n: int, rows: int, threads: int) -> tuple[int, int]:
+    """Rows and columns of a tile of the large-d path for a block of ``n`` rows.
+
+    Fused tiles are as tall as allowed (each panel of ``y`` and ``V`` is read once per row
+    tile), with at least two row chunks per thread when several threads share the rows
+    (handed out dynamically), and keep their number of entries when they have fewer rows
+    (each tile costs a few Python calls). The previous path keeps its own rule.
+    """
+    tile_rows, tile_cols = _TILES[LARGE_D_TILES]
+    if LARGE_D_TILES == "augmented":
+        return max(1, min(rows, tile_rows, -(-n // (4 * threads)))), tile_cols
+    rows = max(1, min(rows, tile_rows, n if threads == 1 else -(-n // (2 * threads))))
+    return rows, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8)
+
+
+def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
+                cols: int) -> Tensor:
+    r"""The large-``d`` path: per cache-sized tile of ``rows x cols`` kernel entries,
+    a BLAS product written into a preallocated buffer, the exponential in place while the
+    tile is in cache, then the tile's second product ``tile @ V``. Threads split the rows.
+
+    ``"fused"`` tiles (:data:`LARGE_D_TILES`): the tile is ``x y^T`` (inner size ``d``),
+    then one native pass (``fk_gauss_tile``) adds the exponent's row and column terms
+    ``-c|x_i|^2 - c|y_j|^2``, exponentiates and reduces ``V``'s last column (the weights of
+    a kernel sum or of a gradient), so the second BLAS product has ``K - 1`` columns
+    (``d`` for a gradient) and a kernel sum needs none. ``"augmented"`` tiles (the previous
+    path): one product of ``[x, 1, |x|^2]`` and ``[2c y, -c|y|^2, -c]`` (inner size
+    ``d + 2``), the exponential, then all ``K`` columns by BLAS; kept for the benchmark.
+    """
+    n, m = x.shape[0], y.shape[0]
+    fused = LARGE_D_TILES == "fused"
+    if fused:
+        xb, yb, vb = x.contiguous(), y.contiguous(), V[:, :-1].contiguous()
+        p, q = -c * x.pow(2).sum(1), -c * y.pow(2).sum(1)
+        u, last = V[:, -1].contiguous(), x.new_zeros(n)
+    else:
+        xb = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
+        yb = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True),
+                        y.new_full((m, 1), -c)], 1)
+        vb = V
+    out = x.new_zeros(n, vb.shape[1])
+    cols = min(m, cols)
+    panels = [(j, yb[j:j + cols], vb[j:j + cols] if vb.shape[1] else None)
+              for j in range(0, m, cols)]
+    buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
 
     def work(a: int, b: int) -> None:
-        buf = x.new_empty((b - a) * cols)
-        xi, oi = xa[a:b], out[a:b]
-        for j in range(0, m, cols):
-            yj = ya[j:j + cols]
-            e = buf[:xi.shape[0] * yj.shape[0]].view(xi.shape[0], yj.shape[0])
-            torch.mm(xi, yj.T, out=e)
-            lib.scaled_exp(e, 1.0)
-            oi.addmm_(e, V[j:j + cols])
+        # the previous path tiled the columns only: one worker (one thread) took all rows
+        step = rows if fused else max(1, b - a)
+        try:
+            buf = buffers.get_nowait()
+        except queue.Empty:
+            buf = None
+        if buf is None or buf.numel() < step * cols:
+            buf = x.new_empty(step * cols)
+        if fused:
+            epilogue = lib.tile_epilogue(buf, p, q, u, last, 2.0 * c)
+        for r in range(a, b, step):
+            r1 = min(b, r + step)
+            xi, oi = xb[r:r1], out[r:r1]
+            for j, yj, vj in panels:
+                e = buf[:(r1 - r) * yj.shape[0]].view(r1 - r, yj.shape[0])
+                torch.mm(xi, yj.T, out=e)
+                if fused:
+                    epilogue(r, r1, j, j + yj.shape[0])
+                else:
+                    lib.scaled_exp(e, 1.0)
+                if vj is not None:
+                    oi.addmm_(e, vj)
+        buffers.put(buf)
 
     POOL.run(work, n, rows, single_threaded_torch=True)
-    return out
+    return torch.cat([out, last[:, None]], 1) if fused else out
