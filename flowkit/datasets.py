@@ -14,8 +14,8 @@ from torch import Tensor
 
 from flowkit.validation import as_generator, check_int, check_number
 
-__all__ = ["eight_gaussians", "twenty_five_gaussians", "twenty_five_gaussians_score",
-           "mixture_score", "swiss_roll", "digits", "DATASETS"]
+__all__ = ["eight_gaussians", "twenty_five_gaussians", "twenty_five_gaussians_centers",
+           "twenty_five_gaussians_score", "mixture_score", "swiss_roll", "digits", "DATASETS"]
 
 
 def _generator(seed: int | torch.Generator) -> torch.Generator:
@@ -59,13 +59,15 @@ def twenty_five_gaussians(n: int = 1000, seed: int | torch.Generator = 0, *,
     check_number(std, "std", minimum=0.0)
     _check_output(dtype, device)
     g = _generator(seed)
-    centers = _grid_centers(half_width)
+    centers = twenty_five_gaussians_centers(half_width)
     idx = torch.randint(0, 25, (n,), generator=g)
     x = centers[idx] + std * torch.randn(n, 2, generator=g, dtype=torch.float64)
     return x.to(device=device, dtype=dtype)
 
 
-def _grid_centers(half_width: float) -> Tensor:
+def twenty_five_gaussians_centers(half_width: float = math.sqrt(2)) -> Tensor:
+    """The 25 modes of :func:`twenty_five_gaussians`, a 5 x 5 grid, float64 ``(25, 2)``."""
+    check_number(half_width, "half_width", minimum=0.0, strict_minimum=True)
     ticks = torch.linspace(-half_width, half_width, 5, dtype=torch.float64)
     return torch.cartesian_prod(ticks, ticks)
 
@@ -95,8 +97,7 @@ def twenty_five_gaussians_score(x: Tensor, *, half_width: float = math.sqrt(2),
                                 std: float = 0.05 / (2 * math.sqrt(2))) -> Tensor:
     """The score of the law :func:`twenty_five_gaussians` samples (same ``half_width`` and
     ``std``), for the flows that need a target's score (:mod:`flowkit.flows`)."""
-    check_number(half_width, "half_width", minimum=0.0, strict_minimum=True)
-    return mixture_score(x, _grid_centers(half_width), std)
+    return mixture_score(x, twenty_five_gaussians_centers(half_width), std)
 
 
 def swiss_roll(n: int = 500, seed: int | torch.Generator = 0, *, noise: float = 0.25,
