@@ -29,3 +29,12 @@ def test_quick_run_writes_results(tmp_path, capsys, name, files):
                    for r in runs.values())
     out = capsys.readouterr().out
     assert "results written to" in out
+
+
+def test_divergences_cpu_clock_refuses_an_accelerator():
+    import argparse
+
+    from flowkit.experiments import divergences
+
+    with pytest.raises(ValueError, match="--clock cpu"):
+        divergences.configure(argparse.Namespace(clock="cpu", device="cuda"))
