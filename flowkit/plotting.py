@@ -83,12 +83,19 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None,
 
 
 def log_axis(ax: Any, which: str = "y") -> None:
-    """A log scale whose ticks read as plain numbers (0.2, 0.5, 1, 2) on short ranges."""
+    """A log scale whose ticks read as plain numbers: 1-2-5 ticks (0.2, 0.5, 1, 2) on
+    ranges up to three decades, powers of ten beyond (where 1-2-5 labels would overlap)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    class ReadableLogLocator(LogLocator):
+        def tick_values(self, vmin: float, vmax: float) -> Any:
+            wide = vmin > 0 and vmax > 0 and max(vmin, vmax) / min(vmin, vmax) > 10**3
+            self.set_params(subs=(1.0,) if wide else (1.0, 2.0, 5.0))
+            return super().tick_values(vmin, vmax)
 
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_locator(ReadableLogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 

@@ -142,3 +142,15 @@ def test_snapshots_wrap_into_rows():
     with pytest.raises(ValueError, match="ncols"):
         plotting.plot_snapshots({"a": x}, ncols=0)
     matplotlib.pyplot.close(fig)
+
+
+def test_log_axis_over_many_decades_keeps_only_powers_of_ten():
+    # 1-2-5 ticks over six decades overlapped into an unreadable row (the divergences
+    # figure's wall-time axis, 0.002 to 2000 s)
+    fig, (ax,) = plotting.figure()
+    ax.plot([0.002, 2000.0], [1.0, 2.0])
+    plotting.log_axis(ax, "x")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and not any(lab.lstrip("0.").startswith(("2", "5")) for lab in labels), labels
+    matplotlib.pyplot.close(fig)
