@@ -12,6 +12,10 @@ import torch
 
 import flowkit as fk
 
+# 150 points: every kernel matrix is tiny, and a second thread costs more in
+# synchronisation than it saves (most on a busy machine)
+torch.set_num_threads(1)
+
 data = fk.datasets.eight_gaussians(150, seed=0)
 x0 = 0.5 * torch.randn(150, 2, generator=torch.Generator().manual_seed(1))
 k = fk.kernels
@@ -42,6 +46,7 @@ fig = fk.plotting.plot_metrics(curves, xlabel="outer step", ylabel="W$_2$ to the
                                title="Algorithm 3, one start, five divergences")
 
 # %%
-# The final particles over the data:
+# The final particles over the data (drawn above it: the Sinkhorn flow puts its particles
+# on the data points themselves):
 
 fig = fk.plotting.plot_snapshots(finals, data, lim=2.0, step_label="")

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from flowkit.validation import as_generator, check_int, check_number
 
-__all__ = ["eight_gaussians", "twenty_five_gaussians", "swiss_roll", "digits", "DATASETS"]
+__all__ = ["eight_gaussians", "twenty_five_gaussians", "twenty_five_gaussians_centers",
+           "twenty_five_gaussians_score", "mixture_score", "swiss_roll", "digits", "DATASETS"]
 
 
 def _generator(seed: int | torch.Generator) -> torch.Generator:
@@ -58,11 +59,45 @@ def twenty_five_gaussians(n: int = 1000, seed: int | torch.Generator = 0, *,
     check_number(std, "std", minimum=0.0)
     _check_output(dtype, device)
     g = _generator(seed)
-    ticks = torch.linspace(-half_width, half_width, 5, dtype=torch.float64)
-    centers = torch.cartesian_prod(ticks, ticks)
+    centers = twenty_five_gaussians_centers(half_width)
     idx = torch.randint(0, 25, (n,), generator=g)
     x = centers[idx] + std * torch.randn(n, 2, generator=g, dtype=torch.float64)
     return x.to(device=device, dtype=dtype)
+
+
+def twenty_five_gaussians_centers(half_width: float = math.sqrt(2)) -> Tensor:
+    """The 25 modes of :func:`twenty_five_gaussians`, a 5 x 5 grid, float64 ``(25, 2)``."""
+    check_number(half_width, "half_width", minimum=0.0, strict_minimum=True)
+    ticks = torch.linspace(-half_width, half_width, 5, dtype=torch.float64)
+    return torch.cartesian_prod(ticks, ticks)
+
+
+def mixture_score(x: Tensor, centers: Tensor, std: float) -> Tensor:
+    r"""Score :math:`\nabla\log\pi(x)` of the equal-weight mixture
+    :math:`\pi = \frac1K\sum_k \mathcal N(c_k, \mathrm{std}^2 I)`, in closed form.
+
+    :math:`\nabla\log\pi(x) = \sum_k r_k(x)\,(c_k - x)/\mathrm{std}^2` with the
+    responsibilities :math:`r_k \propto e^{-|x - c_k|^2 / (2\,\mathrm{std}^2)}` (a softmax,
+    stable however far ``x`` is from every centre). ``x`` is ``(N, d)``, ``centers``
+    ``(K, d)``; the result has the dtype and device of ``x``.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be a tensor (N, d), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if not isinstance(centers, Tensor) or centers.dim() != 2 or centers.shape[1] != x.shape[1]:
+        raise ValueError(f"centers must be a tensor (K, {x.shape[1]}) like x's points, got "
+                         f"{tuple(centers.shape) if isinstance(centers, Tensor) else centers!r}")
+    std = check_number(std, "std", minimum=0.0, strict_minimum=True)
+    diff = centers.to(dtype=x.dtype, device=x.device)[None] - x[:, None]  # (N, K, d)
+    resp = torch.softmax(-diff.pow(2).sum(-1) / (2 * std**2), 1)
+    return torch.einsum("nk,nkd->nd", resp, diff) / std**2
+
+
+def twenty_five_gaussians_score(x: Tensor, *, half_width: float = math.sqrt(2),
+                                std: float = 0.05 / (2 * math.sqrt(2))) -> Tensor:
+    """The score of the law :func:`twenty_five_gaussians` samples (same ``half_width`` and
+    ``std``), for the flows that need a target's score (:mod:`flowkit.flows`)."""
+    return mixture_score(x, twenty_five_gaussians_centers(half_width), std)
 
 
 def swiss_roll(n: int = 500, seed: int | torch.Generator = 0, *, noise: float = 0.25,

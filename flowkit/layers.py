@@ -22,10 +22,22 @@ from flowkit.potential import Potential
 from flowkit.validation import check_int, check_positive
 
 __all__ = ["VelocityField", "GradientField", "VelocityLayer", "GradientLayer",
-           "GradientLayerStack"]
+           "GradientLayerStack", "standard_normal"]
 
 _FORMAT = "flowkit.GradientLayerStack"
 _FORMAT_VERSION = 1
+
+
+def standard_normal(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r"""Standard Gaussian noise :math:`\xi` shaped like ``like``, in its dtype and device.
+
+    Drawn in float64 from ``generator`` (the global generator if None) and rounded to
+    ``like``'s dtype, so one seed gives the same path in every floating dtype: a float32
+    and a float64 Langevin run differ by rounding, not by an independent noise draw (a
+    draw in float32 consumes the generator differently and gives other numbers).
+    """
+    xi = torch.randn(like.shape, generator=generator, device=like.device, dtype=torch.float64)
+    return xi.to(like.dtype)
 
 
 class VelocityField(nn.Module):
@@ -121,8 +133,7 @@ class VelocityLayer(nn.Module):
             return None
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return self.noise_scale * xi
+        return self.noise_scale * standard_normal(x, generator)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         out = x - self.step_size * self.velocity(x)

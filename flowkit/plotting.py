@@ -83,12 +83,19 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None,
 
 
 def log_axis(ax: Any, which: str = "y") -> None:
-    """A log scale whose ticks read as plain numbers (0.2, 0.5, 1, 2) on short ranges."""
+    """A log scale whose ticks read as plain numbers: 1-2-5 ticks (0.2, 0.5, 1, 2) on
+    ranges up to three decades, powers of ten beyond (where 1-2-5 labels would overlap)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    class ReadableLogLocator(LogLocator):
+        def tick_values(self, vmin: float, vmax: float) -> Any:
+            wide = vmin > 0 and vmax > 0 and max(vmin, vmax) / min(vmin, vmax) > 10**3
+            self.set_params(subs=(1.0,) if wide else (1.0, 2.0, 5.0))
+            return super().tick_values(vmin, vmax)
 
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_locator(ReadableLogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -154,7 +161,7 @@ def _to_xy(x: Tensor) -> Any:
 
 def plot_snapshots(snapshots: Mapping[Any, Tensor], data: Tensor | None = None, *,
                    title: str | None = None, lim: float | None = None,
-                   step_label: str = "step") -> Any:
+                   step_label: str = "step", ncols: int | None = None) -> Any:
     """One panel per step with the particles (first two coordinates) over the data.
 
     Parameters
@@ -163,39 +170,49 @@ def plot_snapshots(snapshots: Mapping[Any, Tensor], data: Tensor | None = None, 
         E.g. ``{0: x0, 25: x25, 50: x50, 100: x100}``; keys may also be panel titles
         (with ``step_label=""``).
     data : Tensor, optional
-        Target sample, drawn as small dark crosses *above* the particles in every panel,
-        so the fit can be judged; a legend outside the panels names both.
+        Target sample, drawn as small grey crosses *under* the particles in every panel:
+        data left uncovered shows, and particles that sit on the data stay visible (drawn
+        above, the crosses hid a well-fitted flow); a legend outside the panels names both.
     title : str, optional
         Title above the panels.
     lim : float, optional
         Every panel shows ``[-lim, lim]^2``.
     step_label : str
         What the snapshot keys count (``"step"``, ``"critic step"``).
+    ncols : int, optional
+        Panels per row (default: all in one row); more snapshots wrap into rows.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    from flowkit.validation import check_int
+
+    cols = len(snapshots) if ncols is None else min(check_int(ncols, "ncols"), len(snapshots))
     with style():
-        return _plot_snapshots(snapshots, data, title, lim, step_label)
+        return _plot_snapshots(snapshots, data, title, lim, step_label, max(cols, 1))
 
 
 def _plot_snapshots(snapshots: Mapping[Any, Tensor], data: Tensor | None, title: str | None,
-                    lim: float | None, step_label: str) -> Any:
-    fig, axes = figure(len(snapshots), width=1.75 * len(snapshots) + 1.1, height=2.1,
+                    lim: float | None, step_label: str, ncols: int) -> Any:
+    nrows = -(-len(snapshots) // ncols)
+    fig, axes = figure(ncols, nrows, width=1.75 * ncols + 1.1, height=2.1 * nrows,
                        sharex=True, sharey=True)
     ref = None if data is None else _to_xy(data)
+    for ax in axes[len(snapshots):]:
+        ax.set_visible(False)
     for i, (ax, (step, x)) in enumerate(zip(axes, snapshots.items())):
         p = _to_xy(x)
         ax.scatter(p[:, 0], p[:, 1], s=3, c="tab:blue", lw=0, alpha=0.7, label="particles",
-                   zorder=2)
+                   zorder=3)
         if ref is not None:
-            ax.scatter(ref[:, 0], ref[:, 1], s=5, c="0.1", marker="x", lw=0.4,
-                       label="data", zorder=3)
+            ax.scatter(ref[:, 0], ref[:, 1], s=5, c="0.45", marker="x", lw=0.4,
+                       label="data", zorder=2)
         ax.set_title(f"{step_label} {step}".strip())
         ax.set_aspect("equal")
         ax.set_xlabel("$x_1$")
-        if i == 0:
+        ax.tick_params(labelbottom=True)
+        if i % ncols == 0:
             ax.set_ylabel("$x_2$")
         if lim is not None:
             ax.set_xlim(-lim, lim)

@@ -76,3 +76,32 @@ def test_shape_parameters_are_checked(make, name):
             make(10, **{name: bad})
     with pytest.raises(TypeError, match=name):
         make(10, **{name: "a"})
+
+
+def test_twenty_five_gaussians_score_is_the_gradient_of_the_sampled_law():
+    # the log-density of the equal-weight mixture the sampler draws from, by autograd
+    ticks = torch.linspace(-math.sqrt(2), math.sqrt(2), 5, dtype=torch.float64)
+    centers, std = torch.cartesian_prod(ticks, ticks), 0.2
+    x = (1.5 * torch.randn(40, 2, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64)).requires_grad_(True)
+    log_pi = torch.logsumexp(-((x[:, None] - centers) ** 2).sum(-1) / (2 * std**2), 1)
+    (want,) = torch.autograd.grad(log_pi.sum(), x)
+    got = fk.datasets.twenty_five_gaussians_score(x.detach(), std=std)
+    torch.testing.assert_close(got, want)
+    # the sampler's own modes: points drawn at the centres score zero there
+    sample = fk.datasets.twenty_five_gaussians(10, seed=1, std=0.0, dtype=torch.float64)
+    assert float(fk.datasets.twenty_five_gaussians_score(sample).abs().max()) < 1e-9
+    # far from every centre the softmax stays finite, the dtype is kept
+    far = torch.tensor([[100.0, -80.0]])
+    s = fk.datasets.twenty_five_gaussians_score(far)
+    assert s.dtype == torch.float32 and bool(s.isfinite().all())
+
+
+def test_mixture_score_names_its_arguments():
+    c = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="x must"):
+        fk.datasets.mixture_score(torch.zeros(4), c, 1.0)
+    with pytest.raises(ValueError, match="centers must"):
+        fk.datasets.mixture_score(torch.zeros(4, 3), c, 1.0)
+    with pytest.raises(ValueError, match="std"):
+        fk.datasets.mixture_score(torch.zeros(4, 2), c, 0.0)

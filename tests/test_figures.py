@@ -105,3 +105,52 @@ def test_log_axis_ticks_read_as_plain_numbers():
     assert labels and all("times" not in lab and "^" not in lab for lab in labels), labels
     assert "0.5" in labels
     matplotlib.pyplot.close(fig)
+
+
+def test_snapshot_particles_that_fit_the_data_stay_visible():
+    # regression: the data crosses were drawn above the particles, so a flow whose
+    # particles landed on the data (the Sinkhorn flow of examples/plot_1_divergences.py)
+    # showed an empty-looking panel of data only
+    import numpy as np
+    import torch
+
+    data = torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) * 0.01
+    fig = plotting.plot_snapshots({"fit": data.clone(), "start": data + 1.0}, data, lim=2.0,
+                                  step_label="")
+    for ax in fig.axes:
+        by_label = {c.get_label(): c for c in ax.collections}
+        assert by_label["particles"].get_zorder() > by_label["data"].get_zorder()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    blue = (rgb[..., 2] > rgb[..., 0] + 60) & (rgb[..., 2] > rgb[..., 1] + 20)
+    left = blue[:, : rgb.shape[1] // 3]  # the "fit" panel (the legend sits on the right)
+    assert left.sum() > 5, "the particles of the fitted panel are not visible"  # 0 before
+    assert plotting.figure_problems(fig) == []
+    matplotlib.pyplot.close(fig)
+
+
+def test_snapshots_wrap_into_rows():
+    import torch
+
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))
+    fig = plotting.plot_snapshots({f"m{i}": x + i for i in range(5)}, x, step_label="",
+                                  ncols=3)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 5 and len(fig.axes) == 6
+    assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2
+    assert plotting.figure_problems(fig) == []
+    with pytest.raises(ValueError, match="ncols"):
+        plotting.plot_snapshots({"a": x}, ncols=0)
+    matplotlib.pyplot.close(fig)
+
+
+def test_log_axis_over_many_decades_keeps_only_powers_of_ten():
+    # 1-2-5 ticks over six decades overlapped into an unreadable row (the divergences
+    # figure's wall-time axis, 0.002 to 2000 s)
+    fig, (ax,) = plotting.figure()
+    ax.plot([0.002, 2000.0], [1.0, 2.0])
+    plotting.log_axis(ax, "x")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and not any(lab.lstrip("0.").startswith(("2", "5")) for lab in labels), labels
+    matplotlib.pyplot.close(fig)

@@ -54,6 +54,7 @@ from flowkit.kernels import (
     kernel_grad_sum,
     kernel_sum,
 )
+from flowkit.layers import standard_normal
 from flowkit.objective import FunctionalObjective
 from flowkit.potential import Potential
 from flowkit.validation import (
@@ -71,8 +72,10 @@ __all__ = ["langevin_step", "langevin", "LangevinResult", "Langevin", "ScorePote
 def langevin_step(x: Tensor, score: Tensor, step_size: float, generator: torch.Generator,
                   beta: float = 1.0) -> Tensor:
     r"""One ULA step :math:`x + \eta\, s + \sqrt{2\eta/\beta}\,\xi` given the score ``s`` at
-    ``x``; ``xi`` is drawn from ``generator`` (on the device of ``x``)."""
-    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    ``x``; ``xi`` is drawn from ``generator`` (on the device of ``x``) in float64 and
+    rounded to the dtype of ``x`` (:func:`flowkit.layers.standard_normal`): float32 and
+    float64 runs from one seed follow the same path."""
+    xi = standard_normal(x, generator)
     return x + step_size * score + math.sqrt(2.0 * step_size / beta) * xi
 
 
