@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowkit import backends
 from flowkit._compat import MISSING, renamed_keyword
 from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.objective import FunctionalObjective
@@ -333,8 +334,9 @@ class SinkhornDivergence(FunctionalObjective):
         Bytes of temporaries per block.
     policy : {"converge", "geomloss"}
         Accuracy policy of :func:`sinkhorn` (module docstring).
-    backend : {"auto", "torch", "keops"}
-        Where the softmins run (:mod:`flowkit.backends`).
+    backend : {"auto", "torch", "native", "keops", "triton"}
+        Where the softmins run (:mod:`flowkit.backends`); ``"auto"`` takes the fused
+        native path for float32 on CPU (event size up to 16) and Triton on CUDA.
     warm_start : bool
         Start each evaluation from the potentials of the previous one instead of from zero
         with eps-scaling: along a flow the particles move little per step, so a few
@@ -394,9 +396,9 @@ class SinkhornDivergence(FunctionalObjective):
                               names=(name, name, "target_weights", "target_weights"))
         if target_weights is not None:
             check_weights(target_weights, data.shape[0], "target_weights", like=data)
-        if geom.backend == "native":
-            raise ValueError("backend='native' has no Sinkhorn softmin (it fuses Gaussian "
-                             "kernel sums only); use 'auto', 'torch' or 'keops'")
+        if geom.backend == "native":  # float64 or a device the fused path cannot run: now
+            backends.route("native", geom.y.flatten(1), kernel="softmin",
+                           what=" (Sinkhorn's softmin)")
         geom.block_rows(3)  # a budget too small for one row fails here, not mid-run
         self._geometry = geom
         self.data = data
