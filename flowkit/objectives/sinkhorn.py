@@ -68,6 +68,7 @@ from flowkit import backends
 from flowkit._compat import MISSING, renamed_keyword
 from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.objective import FunctionalObjective
+from flowkit.objectives._target import SampleTarget
 from flowkit.potential import Potential
 from flowkit.validation import (
     check_choice,
@@ -301,7 +302,7 @@ class SinkhornPotential(Potential):
         return (bar_a - bar_b).view_as(z)
 
 
-class SinkhornDivergence(FunctionalObjective):
+class SinkhornDivergence(SampleTarget, FunctionalObjective):
     r"""Debiased Sinkhorn divergence :math:`S_\varepsilon(\mu, \nu)` to a fixed sample.
 
     Parameters
@@ -417,16 +418,6 @@ class SinkhornDivergence(FunctionalObjective):
         self.last_iterations: tuple[int, int] = (0, 0)
         #: the last evaluation's :class:`SinkhornResult` s (alpha-beta, alpha-alpha)
         self.last_results: tuple[SinkhornResult, SinkhornResult] | None = None
-
-    @property
-    def geometry(self) -> PointCloud:
-        """The data's :class:`~flowkit.geometry.PointCloud` (weights and settings)."""
-        return self._geometry
-
-    @property
-    def target_weights(self) -> Tensor | None:
-        """The data's weights (``None``: uniform)."""
-        return self._geometry.given_b
 
     def validate(self, x: Tensor) -> None:
         self._geometry.particles(x, target=self._target_name)
