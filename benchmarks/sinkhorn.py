@@ -12,7 +12,7 @@ peak memory is its own):
   and, where pykeops is importable, ``"online"`` and ``"multiscale"``, at each scaling;
   gradient by autograd times N.
 
-``seconds`` is the best of ``--repeats`` calls (one call from N = 20000 on) after a warm-up
+``seconds`` is the best of ``--repeats`` calls (one call from N = 5000 on) after a warm-up
 on 200 points (KeOps compiles its formulas then); ``peak_mb`` is the rise of the
 subprocess' peak resident memory (``getrusage``) over its level after the warm-up.
 ``grad_rel_error`` is ``|g - g_ref| / |g_ref|`` against a converged reference: flowkit in
@@ -137,6 +137,7 @@ def _methods(args) -> list[dict]:
 
 
 def speed(args) -> list[dict]:
+    load = os.getloadavg()
     keops_missing = _keops()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -161,8 +162,11 @@ def speed(args) -> list[dict]:
                 if m["lib"] == "flowkit" and not m["kw"] and n > args.converge_max:
                     group.append({**row, "skipped": f"not run above N = {args.converge_max}"})
                     continue
+                if m.get("scaling") is not None and n >= args.large \
+                        and m["scaling"] not in args.large_scalings:
+                    continue
                 spec = {**m, "n": n, "blur": blur, "threads": args.threads,
-                        "repeats": 1 if n >= 20000 else args.repeats,
+                        "repeats": 1 if n >= 5000 else args.repeats,
                         "grad_path": str(cache / "grad.pt")}
                 proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)],
                                       capture_output=True, text=True)
@@ -188,6 +192,7 @@ def speed(args) -> list[dict]:
                 if s in tens:
                     r["ratio_to_tensorized"] = r["seconds"] / tens[s]
             rows += group
+            _write(args, rows, load)  # what is measured so far survives an interruption
     return rows
 
 
@@ -223,6 +228,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 20000])
     parser.add_argument("--blurs", type=float, nargs="+", default=[0.1])
     parser.add_argument("--scalings", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--large", type=int, default=20000,
+                        help="from this N on, only --large-scalings (and one call per row)")
+    parser.add_argument("--large-scalings", type=float, nargs="+", default=[0.5])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ref-float64-max", type=int, default=2000)
     parser.add_argument("--ref-max", type=int, default=5000)
@@ -246,12 +254,16 @@ def main() -> None:
                       "grad_rel_error", "peak_mb", "iterations"])
     else:
         _table(rows, [k for k in rows[0] if not isinstance(rows[0][k], dict)])
+    print(f"wrote {_write(args, rows, load)}")
+
+
+def _write(args, rows: list[dict], load: tuple[float, ...]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / (args.out or f"sinkhorn-{args.part}.json")
     out.write_text(json.dumps({"threads": args.threads, "load_average_start": load,
                                "load_average_end": os.getloadavg(),
                                "argv": sys.argv[1:], "rows": rows}, indent=1, default=str))
-    print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ class SampleTarget:
 
     @property
     def geometry(self) -> PointCloud:
-        """The target's :class:`~flowkit.geometry.PointCloud` (weights, settings, and the kernel where there is one)."""
+        """The target's :class:`~flowkit.geometry.PointCloud` (weights, settings, and the
+        kernel where there is one)."""
         return self._geometry
 
     @property
