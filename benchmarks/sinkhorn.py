@@ -1,22 +1,28 @@
 """Benchmark: the Sinkhorn-divergence gradient, flowkit's two policies against GeomLoss.
 
 Data: ``y`` 8 gaussians mapped into the unit square, ``x`` uniform in it, N = M, d = 2,
-float32 on CPU, ``blur`` 0.1 (``eps = blur^2``, cost ``|x - y|^2 / 2``: GeomLoss'
-conventions for ``p = 2``). Methods, in one run on the same threads:
+float32 on CPU (one thread for every method: on a shared machine a second OpenMP thread
+made every method up to 10x slower, measured), cost ``|x - y|^2 / 2`` and ``eps = blur^2``
+(GeomLoss' conventions for ``p = 2``). Methods, each row in its own subprocess (so its
+peak memory is its own):
 
 * flowkit ``policy="converge"`` (the defaults, ``tol=1e-6``, ``max_iter=1000``);
-* flowkit ``policy="geomloss"`` (``scaling=0.5``, GeomLoss' default);
-* GeomLoss ``SamplesLoss("sinkhorn", p=2, blur, scaling=0.5, backend="tensorized")``,
-  gradient by autograd times N;
-* GeomLoss ``multiscale`` and ``online`` need pykeops (not installable here): reported as
-  such, not run.
+* flowkit ``policy="geomloss"`` at each ``--scalings`` (one iteration per eps level);
+* GeomLoss ``SamplesLoss("sinkhorn", p=2, blur, scaling)`` with ``backend="tensorized"``
+  and, where pykeops is importable, ``"online"`` and ``"multiscale"``, at each scaling;
+  gradient by autograd times N.
 
-The gradient's relative error is against a converged float64 flowkit solve
-(``tol=1e-10``) where N is at most ``--ref-max`` (the reference costs hundreds of
-iterations). ``--part accuracy`` instead measures the solver settings at N = 500 for
-blurs 0.1 and 0.05 against converged float64 solves (minutes).
+``seconds`` is the best of ``--repeats`` calls (one call from N = 5000 on) after a warm-up
+on 200 points (KeOps compiles its formulas then); ``peak_mb`` is the rise of the
+subprocess' peak resident memory (``getrusage``) over its level after the warm-up.
+``grad_rel_error`` is ``|g - g_ref| / |g_ref|`` against a converged reference: flowkit in
+float64 (``tol=1e-10``, torch backend) where N is at most ``--ref-float64-max``, else
+flowkit native float32 (``tol=1e-7``, ``max_iter=3000``) up to ``--ref-max``; each
+reference's cost is in the JSON, and so is the float32 reference's own error against the
+float64 one where both run. The converge policy runs up to ``--converge-max``.
+``--part accuracy`` measures the solver settings at N = 500 against float64 solves.
 
-    nice -n 19 python benchmarks/sinkhorn.py --sizes 1000 5000
+    python benchmarks/sinkhorn.py --sizes 1000 2000 5000 20000 --blurs 0.1
     nice -n 19 python benchmarks/sinkhorn.py --part accuracy
 
 Writes ``benchmarks/results/sinkhorn-<part>.json`` and prints a markdown table.
@@ -26,6 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,10 +54,25 @@ def _data(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(dtype), y.to(dtype)
 
 
-def _reference(x: torch.Tensor, y: torch.Tensor, blur: float) -> torch.Tensor:
-    obj = SinkhornDivergence(y.double(), blur=blur, tol=1e-10, max_iter=200_000,
-                             warm_start=False)
-    return obj.functional_gradient(x.double())
+def _reference(n: int, blur: float, float64: bool) -> tuple[torch.Tensor, dict]:
+    x, y = _data(n, torch.float64 if float64 else torch.float32)
+    kw = ({"tol": 1e-10, "max_iter": 200_000, "backend": "torch"} if float64
+          else {"tol": 1e-7, "max_iter": 3000, "backend": "native"})
+    obj = SinkhornDivergence(y, blur=blur, warm_start=False, **kw)
+    t0 = time.perf_counter()
+    g = obj.functional_gradient(x).double()
+    ab, aa = obj.last_results
+    return g, {"kind": "float64 torch tol=1e-10" if float64 else "float32 native tol=1e-7",
+               "seconds": time.perf_counter() - t0, "iterations": [ab.iterations, aa.iterations],
+               "converged": [ab.converged, aa.converged]}
+
+
+def _cached_reference(cache: Path, n: int, blur: float, float64: bool
+                      ) -> tuple[torch.Tensor, dict]:
+    path = cache / f"ref-{n}-{blur}-{'f64' if float64 else 'f32'}.pt"
+    if not path.exists():
+        torch.save(_reference(n, blur, float64), path)
+    return torch.load(path)
 
 
 def _flowkit(x, y, blur, **kw):
@@ -59,48 +84,115 @@ def _flowkit(x, y, blur, **kw):
     return g, dt, {"iterations": res.iterations, "marginal_error": res.marginal_error}
 
 
-def _geomloss(x, y, blur, backend):
+def _geomloss(x, y, blur, backend, scaling):
     from geomloss import SamplesLoss
 
-    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.5, debias=True, backend=backend)
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=True,
+                       backend=backend)
     z = x.clone().requires_grad_(True)
     t0 = time.perf_counter()
     (dz,) = torch.autograd.grad(loss(z, y), z)
     return len(x) * dz, time.perf_counter() - t0, {}
 
 
-def _rel(g, ref):
-    return None if ref is None else float((g.double() - ref).norm() / ref.norm())
+def _run(spec: dict):
+    x, y = _data(spec["n"], torch.float32)
+    if spec["lib"] == "flowkit":
+        return _flowkit(x, y, spec["blur"], **spec["kw"])
+    return _geomloss(x, y, spec["blur"], spec["backend"], spec["scaling"])
+
+
+def _cell(spec: dict) -> None:
+    """One row, in this (sub)process: warm-up, timed calls, peak memory, gradient saved."""
+    torch.set_num_threads(spec["threads"])
+    _run({**spec, "n": 200})
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    best, out = float("inf"), None
+    for _ in range(spec["repeats"]):
+        g, dt, info = _run(spec)
+        if dt < best:
+            best, out = dt, (g, info)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.save(out[0].detach().double(), spec["grad_path"])
+    print(json.dumps({"seconds": best, "peak_mb": (peak - base) / 1024, **out[1]}))
+
+
+def _keops() -> str | None:
+    """None if pykeops imports here, else why not."""
+    try:
+        import pykeops  # noqa: F401
+    except Exception as err:  # an import error or a failed compiler check
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _methods(args) -> list[dict]:
+    out = [{"method": "flowkit converge (tol=1e-6)", "lib": "flowkit", "kw": {}}]
+    out += [{"method": f"flowkit geomloss policy (scaling={s})", "lib": "flowkit",
+             "kw": {"policy": "geomloss", "scaling": s}, "scaling": s} for s in args.scalings]
+    out += [{"method": f"GeomLoss {b} (scaling={s})", "lib": "geomloss", "backend": b,
+             "scaling": s} for b in ("tensorized", "online", "multiscale")
+            for s in args.scalings]
+    return out
 
 
 def speed(args) -> list[dict]:
+    load = os.getloadavg()
+    keops_missing = _keops()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n in args.sizes:
-        x, y = _data(n, torch.float32)
-        ref = _reference(x, y, args.blur) if n <= args.ref_max else None
-        cells = {
-            "flowkit converge (tol=1e-6)": lambda x=x, y=y: _flowkit(x, y, args.blur),
-            "flowkit geomloss policy (scaling=0.5)": lambda x=x, y=y: _flowkit(
-                x, y, args.blur, policy="geomloss", scaling=0.5),
-            "GeomLoss tensorized (scaling=0.5)": lambda x=x, y=y: _geomloss(
-                x, y, args.blur, "tensorized"),
-        }
-        times = {}
-        for name, fn in cells.items():
-            best, out = float("inf"), None
-            for _ in range(args.repeats):
-                g, dt, info = fn()
-                if dt < best:
-                    best, out = dt, (g, info)
-            times[name] = best
-            rows.append({"n": n, "method": name, "seconds": best,
-                         "grad_rel_error": _rel(out[0], ref), **out[1]})
-        for r in rows:
-            if r["n"] == n:
-                r["ratio_to_geomloss"] = r["seconds"] / times["GeomLoss tensorized (scaling=0.5)"]
-        for backend in ("multiscale", "online"):
-            rows.append({"n": n, "method": f"GeomLoss {backend}",
-                         "skipped": "needs pykeops, which is not installable here"})
+    for blur in args.blurs:
+        for n in args.sizes:
+            ref, ref_info = None, None
+            if n <= args.ref_max:
+                ref, ref_info = _cached_reference(cache, n, blur, n <= args.ref_float64_max)
+                if n <= args.ref_float64_max:  # the float32 reference's own error, measured
+                    g32, i32 = _cached_reference(cache, n, blur, False)
+                    ref_info = {**ref_info, "float32_reference": i32,
+                                "float32_reference_error": float((g32 - ref).norm()
+                                                                 / ref.norm())}
+                print(f"N={n} blur={blur} reference: {ref_info}", flush=True)
+            group = []
+            for m in _methods(args):
+                row = {"n": n, "blur": blur, "method": m["method"]}
+                if m.get("backend") in ("online", "multiscale") and keops_missing:
+                    group.append({**row, "skipped": f"pykeops not importable: {keops_missing}"})
+                    continue
+                if m["lib"] == "flowkit" and not m["kw"] and n > args.converge_max:
+                    group.append({**row, "skipped": f"not run above N = {args.converge_max}"})
+                    continue
+                if m.get("scaling") is not None and n >= args.large \
+                        and m["scaling"] not in args.large_scalings:
+                    continue
+                spec = {**m, "n": n, "blur": blur, "threads": args.threads,
+                        "repeats": 1 if n >= 5000 else args.repeats,
+                        "grad_path": str(cache / "grad.pt")}
+                proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    group.append({**row, "skipped": f"failed: {proc.stderr.strip()[-300:]}"})
+                    print(group[-1], flush=True)
+                    continue
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                if ref is not None:
+                    g = torch.load(spec["grad_path"])
+                    res["grad_rel_error"] = float((g - ref).norm() / ref.norm())
+                group.append({**row, **res, "scaling": m.get("scaling"),
+                              "reference": ref_info})
+                print(group[-1]["method"], {k: v for k, v in res.items()}, flush=True)
+            tens = {r["scaling"]: r["seconds"] for r in group
+                    if r["method"].startswith("GeomLoss tensorized") and "seconds" in r}
+            for r in group:
+                if "seconds" not in r:
+                    continue
+                # against GeomLoss tensorized at the same scaling (the same iterations); the
+                # converge policy against the most accurate tensorized run (largest scaling)
+                s = r["scaling"] if r.get("scaling") is not None else max(tens, default=None)
+                if s in tens:
+                    r["ratio_to_tensorized"] = r["seconds"] / tens[s]
+            rows += group
+            _write(args, rows, load)  # what is measured so far survives an interruption
     return rows
 
 
@@ -108,43 +200,70 @@ def accuracy(args) -> list[dict]:
     x, y = _data(500, torch.float64)
     rows = []
     for blur in (0.1, 0.05):
-        ref = _reference(x, y, blur)
+        ref, _ = _reference(500, blur, True)
         for kw in ({"tol": 1e-5, "max_iter": 100}, {}, {"tol": 1e-7, "max_iter": 10_000},
                    {"policy": "geomloss", "scaling": 0.5},
                    {"policy": "geomloss", "scaling": 0.9}):
             g, dt, info = _flowkit(x, y, blur, **kw)
             rows.append({"n": 500, "blur": blur, "settings": kw or "defaults", "seconds": dt,
-                         "grad_rel_error": _rel(g, ref), **info})
+                         "grad_rel_error": float((g.double() - ref).norm() / ref.norm()),
+                         **info})
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("speed", "accuracy"), default="speed")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--blur", type=float, default=0.1)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--ref-max", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = speed(args) if args.part == "speed" else accuracy(args)
-    keys = [k for k in rows[0] if k != "n"] if args.part == "accuracy" else \
-        ["method", "seconds", "ratio_to_geomloss", "grad_rel_error", "iterations",
-         "marginal_error"]
-    print("| N | " + " | ".join(keys) + " |")
-    print("| --- " * (len(keys) + 1) + "|")
+def _table(rows: list[dict], keys: list[str]) -> None:
+    print("| " + " | ".join(keys) + " |")
+    print("| --- " * len(keys) + "|")
     for r in rows:
         cells = []
         for k in keys:
             v = r.get(k, r.get("skipped", "") if k == "seconds" else "")
             cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
-        print(f"| {r['n']} | " + " | ".join(cells) + " |")
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("speed", "accuracy"), default="speed")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 20000])
+    parser.add_argument("--blurs", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--scalings", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--large", type=int, default=20000,
+                        help="from this N on, only --large-scalings (and one call per row)")
+    parser.add_argument("--large-scalings", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--ref-float64-max", type=int, default=2000)
+    parser.add_argument("--ref-max", type=int, default=5000)
+    parser.add_argument("--converge-max", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                        "flowkit-sinkhorn-bench"),
+                        help="where references and gradients are kept between rows")
+    parser.add_argument("--out", help="JSON file name in benchmarks/results/ (default "
+                        "sinkhorn-<part>.json)")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        _cell(json.loads(args.cell))
+        return
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    rows = {"speed": speed, "accuracy": accuracy}[args.part](args)
+    if args.part == "speed":
+        _table(rows, ["n", "blur", "method", "seconds", "ratio_to_tensorized",
+                      "grad_rel_error", "peak_mb", "iterations"])
+    else:
+        _table(rows, [k for k in rows[0] if not isinstance(rows[0][k], dict)])
+    print(f"wrote {_write(args, rows, load)}")
+
+
+def _write(args, rows: list[dict], load: tuple[float, ...]) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"sinkhorn-{args.part}.json"
-    out.write_text(json.dumps({"threads": args.threads, "blur": args.blur, "rows": rows},
-                              indent=1, default=str))
-    print(f"wrote {out}")
+    out = RESULTS / (args.out or f"sinkhorn-{args.part}.json")
+    out.write_text(json.dumps({"threads": args.threads, "load_average_start": load,
+                               "load_average_end": os.getloadavg(),
+                               "argv": sys.argv[1:], "rows": rows}, indent=1, default=str))
+    return out
 
 
 if __name__ == "__main__":

@@ -407,30 +407,54 @@ class PointCloud:
             return keops_backend.softmin(self._x2, self._y2, h, eps)
         if route == "triton":
             return triton_kernels.triton_softmin(self._x2, self._y2, h, eps)
+        if route == "native" and self._native_fits():
+            return -eps * self._combine_lse([p[0] for p in self._native_parts(h, eps, False)])
         out = []
         for pieces in self._blocks(self._rows(3)):
-            lse = [torch_backend.logsumexp(xc, yc, h[sl], eps) for sl, xc, yc, _ in pieces]
-            out.append(-eps * (lse[0] if len(lse) == 1 else torch.stack(lse).logsumexp(0)))
+            out.append(-eps * self._combine_lse(
+                [torch_backend.logsumexp(xc, yc, h[sl], eps) for sl, xc, yc, _ in pieces]))
         return self._cat(out)
+
+    def _native_fits(self) -> bool:
+        """Whether the fused native softmin takes this event size (else the torch blocks)."""
+        return self._x2.shape[1] <= native_backend.library().dmax
+
+    def _native_parts(self, h: Tensor, eps: float, barycenter: bool
+                      ) -> list[tuple[Tensor, Tensor | None, Tensor]]:
+        """Per segment of ``y``, ``(lse, barycentre or None, centre)`` over all rows at
+        once, fused: no block is ever materialised, so no row blocking."""
+        return [(*native_backend.softmin(self._x2 - c, self._y2[sl] - c, h[sl], eps,
+                                         barycenter), c) for sl, c in self._segments()]
+
+    @staticmethod
+    def _combine_lse(lses: list[Tensor]) -> Tensor:
+        """The log-normaliser over all of ``y`` from its segments'."""
+        return lses[0] if len(lses) == 1 else torch.stack(lses).logsumexp(0)
+
+    @staticmethod
+    def _combine_barycenters(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """One barycentre from the segments' ``(lse, barycentre, centre)``: the segments'
+        softmaxes weighted by ``exp(lse_s - lse)``."""
+        if len(parts) == 1:
+            return parts[0][1] + parts[0][2]
+        share = torch.softmax(torch.stack([p[0] for p in parts]), dim=0)
+        return sum(share[i, :, None] * (bar + c) for i, (_, bar, c) in enumerate(parts))
 
     def soft_barycenter(self, h: Tensor, eps: float) -> Tensor:
         r""":math:`\sum_j \mathrm{softmax}_j(h_j - C(x_i, y_j)/\varepsilon)\, y_j`, shape
         ``(N, D)`` (``D`` the flattened event size)."""
         self._check_h(h)
-        route = self._route(None, h, what=" (Sinkhorn's soft barycentre)")
+        route = self._route(None, h, what=" (Sinkhorn's soft barycentre)",
+                            kernel="soft_barycenter")
         if route == "keops":
             return keops_backend.soft_barycenter(self._x2, self._y2, h, eps)
+        if route == "native" and self._native_fits():
+            return self._combine_barycenters(self._native_parts(h, eps, True))
         out = []
         for pieces in self._blocks(self._rows(3)):
-            parts = [(*torch_backend.lse_and_barycenter(xc, yc, h[sl], eps), c)
-                     for sl, xc, yc, c in pieces]
-            if len(parts) == 1:
-                out.append(parts[0][1] + parts[0][2])
-                continue
-            # combine the segments' softmaxes: weights exp(lse_s - lse)
-            share = torch.softmax(torch.stack([p[0] for p in parts]), dim=0)
-            out.append(sum(share[i, :, None] * (bar + c)
-                           for i, (_, bar, c) in enumerate(parts)))
+            out.append(self._combine_barycenters(
+                [(*torch_backend.lse_and_barycenter(xc, yc, h[sl], eps), c)
+                 for sl, xc, yc, c in pieces]))
         return self._cat(out)
 
     def plan_cost(self, f: Tensor, g: Tensor, eps: float) -> Tensor:

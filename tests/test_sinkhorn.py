@@ -123,8 +123,8 @@ def test_bad_arguments_are_rejected(gen):
         SinkhornDivergence(y, memory_budget=8)
     with pytest.raises(ValueError, match="policy"):
         SinkhornDivergence(y, policy="fast")
-    with pytest.raises(ValueError, match="backend='native' has no Sinkhorn"):
-        SinkhornDivergence(y, backend="native")
+    with pytest.raises(ValueError, match="backend='native' cannot run here: it runs float32"):
+        SinkhornDivergence(y, backend="native")  # float64 data
 
 
 def test_sinkhorn_flow_decreases_the_divergence(gen):
@@ -208,3 +208,14 @@ def test_value_is_differentiable_by_autograd(gen):
     (dw,) = torch.autograd.grad(obj.value(x, wr), wr)
     psi = obj.first_variation(x, w)(x)
     torch.testing.assert_close(dw - dw.mean(), psi - psi.mean())
+
+
+@pytest.mark.skipif(not fk.kernels.native_available(), reason="native path needs gcc and AVX2")
+def test_native_backend_agrees_with_torch_in_float32(gen):
+    x, y = (t.float() for t in _pair(gen, 300, 200))
+    ref = SinkhornDivergence(y.double(), blur=0.2, tol=1e-9, warm_start=False)
+    want = ref.functional_gradient(x.double())
+    for backend in ("native", "torch"):
+        obj = SinkhornDivergence(y, blur=0.2, backend=backend, warm_start=False)
+        g = obj.functional_gradient(x)
+        assert (g.double() - want).norm() < 1e-4 * want.norm(), backend

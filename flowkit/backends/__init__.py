@@ -2,7 +2,8 @@
 
 ``torch`` (:mod:`flowkit.backends.torch`) is plain torch, differentiable, any device and
 dtype. ``native`` (:mod:`flowkit.backends.native`) is a fused C path for the Gaussian kernel
-on CPU in float32. ``keops`` (:mod:`flowkit.backends.keops`) hands the reduction to KeOps.
+and Sinkhorn's softmin on CPU in float32. ``keops`` (:mod:`flowkit.backends.keops`) hands
+the reduction to KeOps.
 ``triton`` (:mod:`flowkit.triton_kernels`) is the fused Triton path on CUDA (Gaussian,
 Laplacian and energy kernels, and Sinkhorn's softmin; extra ``flowkit[triton]``).
 :func:`route` turns the requested backend (``"auto"`` by default) into the one that runs.
@@ -56,12 +57,17 @@ def block_rows(n_cols: int, itemsize: int, memory_budget: int = DEFAULT_MEMORY_B
     return max(1, memory_budget // per_row)
 
 
-def _native_refusal(x: Tensor, gaussian_rate: float | None, tensors: tuple) -> str | None:
+#: the ``kernel`` tags of Sinkhorn's reductions, which the native path fuses too
+SINKHORN_REDUCTIONS = ("softmin", "soft_barycenter")
+
+
+def _native_refusal(x: Tensor, gaussian_rate: float | None, tensors: tuple,
+                    kernel: Any = None) -> str | None:
     """None if the native path applies, else why not."""
     import torch
 
-    if gaussian_rate is None:
-        return "it supports the Gaussian kernel only"
+    if gaussian_rate is None and not (isinstance(kernel, str) and kernel in SINKHORN_REDUCTIONS):
+        return "it supports the Gaussian kernel only (and Sinkhorn's softmin)"
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return f"it runs float32 on CPU only, got {x.dtype} on {x.device}"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)):
@@ -71,7 +77,7 @@ def _native_refusal(x: Tensor, gaussian_rate: float | None, tensors: tuple) -> s
 
 def _triton_refusal(x: Tensor, kernel: Any, tensors: tuple) -> str | None:
     """None if the Triton path can run this reduction, else why not."""
-    if kernel is None:
+    if kernel is None or (isinstance(kernel, str) and kernel == "soft_barycenter"):
         return "it has no fused kernel for this reduction"
     from flowkit import triton_kernels
     from flowkit.kernels import Gaussian
@@ -85,14 +91,14 @@ def route(backend: str, x: Tensor, *tensors: Tensor, gaussian_rate: float | None
           what: str = "", kernel: Any = None) -> str:
     """The backend that will run: ``'torch'``, ``'native'``, ``'keops'`` or ``'triton'``.
 
-    ``auto`` takes the native path where it applies (Gaussian kernel, float32 on CPU, no
-    gradient being recorded) and is available; on CUDA the Triton path where it applies
-    (:func:`flowkit.triton_kernels.triton_applicable`: Triton importable, a kernel it
-    fuses, float32/float64, no gradient being recorded); else torch. KeOps only when asked
-    for. ``gaussian_rate`` is ``c`` of a Gaussian kernel ``exp(-c r^2)``, None for anything
-    the native path cannot do (other kernels, Sinkhorn's softmin). ``kernel`` is the kernel
-    of a kernel reduction, ``"softmin"`` for Sinkhorn's softmin, None for a reduction the
-    Triton path does not fuse.
+    ``auto`` takes the native path where it applies (Gaussian kernel or Sinkhorn's
+    reductions, float32 on CPU, no gradient being recorded) and is available; on CUDA the
+    Triton path where it applies (:func:`flowkit.triton_kernels.triton_applicable`: Triton
+    importable, a kernel it fuses, float32/float64, no gradient being recorded); else torch.
+    KeOps only when asked for. ``gaussian_rate`` is ``c`` of a Gaussian kernel
+    ``exp(-c r^2)``, None for anything else. ``kernel`` is the kernel of a kernel reduction,
+    ``"softmin"`` or ``"soft_barycenter"`` for Sinkhorn's reductions (the native path fuses
+    both, the Triton path the softmin), None for a reduction no fused path covers.
     """
     check_backend(backend)
     if backend in ("torch", "keops"):
@@ -104,7 +110,7 @@ def route(backend: str, x: Tensor, *tensors: Tensor, gaussian_rate: float | None
                              "backend='auto' or 'torch' (the fused path needs CUDA tensors "
                              "and pip install 'flowkit[triton]')")
         return "triton"
-    why = _native_refusal(x, gaussian_rate, tensors)
+    why = _native_refusal(x, gaussian_rate, tensors, kernel)
     if backend == "native":
         if why is not None:
             raise ValueError(f"backend='native' cannot run here: {why}{what}")

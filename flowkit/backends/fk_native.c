@@ -8,6 +8,7 @@
    The sizes the fused kernel supports are defined here only and read by Python through
    fk_dmax() / fk_kmax(); fk_abi() versions the calling convention. */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 /* exp on x already clamped to [-87.3365447, 88.3762626] (the float range). */
@@ -157,5 +158,97 @@ void fk_gauss_tile(float *g, const float *p, const float *q, const float *u, flo
             }
         }
         acc[i] += total;
+    }
+}
+
+/* Sinkhorn's softmin, fused (Feydy et al. 2019's log-domain update, no M-column buffer):
+   lse[i] = log sum_j exp(h_j - |xs_i - ys_j|^2) for r0 <= i < r1 and, when K > 0,
+   out[i, k] = sum_j softmax_j(h_j - |xs_i - ys_j|^2) vt[k, j]. xs (N, d) rows, yt (d, M)
+   and vt (K, M) transposed, M a multiple of 8 (padding columns have h = -inf).
+   Two sweeps over j: the row's maximum first (no exponential), then the shifted sums, so
+   the largest term is exactly exp(0) = 1 and nothing under- or overflows. The 8-lane
+   float32 sums are flushed into double every FK_FLUSH columns. A NaN anywhere in a row
+   makes its lse NaN (the vector max would drop it). */
+#define FK_FLUSH 512
+
+static inline __m256 fk_logits8(const __m256 *xb, const float *yt, const float *h,
+                                int64_t j, int64_t M, int64_t d) {
+    __m256 r2 = _mm256_setzero_ps();
+    for (int64_t c = 0; c < d; ++c) {
+        __m256 diff = _mm256_sub_ps(xb[c], _mm256_loadu_ps(yt + c * M + j));
+        r2 = _mm256_fmadd_ps(diff, diff, r2);
+    }
+    return _mm256_sub_ps(_mm256_loadu_ps(h + j), r2);
+}
+
+static inline double fk_hsum8(__m256 v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    return ((double)t[0] + t[4] + t[1] + t[5]) + ((double)t[2] + t[6] + t[3] + t[7]);
+}
+
+void fk_softmin(const float *xs, const float *yt, const float *h, const float *vt,
+                float *lse, float *out, int64_t r0, int64_t r1, int64_t M, int64_t d,
+                int64_t K) {
+    for (int64_t i0 = r0; i0 < r1; i0 += FK_R) {
+        int64_t nr = (r1 - i0 < FK_R) ? (r1 - i0) : FK_R;
+        __m256 xb[FK_R][FK_DMAX], mx[FK_R], bad[FK_R];
+        for (int64_t a = 0; a < FK_R; ++a) {
+            int64_t row = i0 + (a < nr ? a : 0);
+            for (int64_t c = 0; c < d; ++c) xb[a][c] = _mm256_set1_ps(xs[row * d + c]);
+            mx[a] = _mm256_set1_ps(-INFINITY);
+            bad[a] = _mm256_setzero_ps();
+        }
+        for (int64_t j = 0; j < M; j += 8)
+            for (int64_t a = 0; a < FK_R; ++a) {
+                __m256 v = fk_logits8(xb[a], yt, h, j, M, d);
+                bad[a] = _mm256_or_ps(bad[a], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                mx[a] = _mm256_max_ps(mx[a], v);
+            }
+        __m256 shift[FK_R];
+        float rowmax[FK_R];
+        for (int64_t a = 0; a < FK_R; ++a) {
+            float t[8];
+            _mm256_storeu_ps(t, mx[a]);
+            float m = t[0];
+            for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
+            rowmax[a] = m;
+            /* a row of -inf logits (zero weights only) sums nothing: shift by 0 */
+            shift[a] = _mm256_set1_ps(m > -INFINITY ? m : 0.0f);
+        }
+        double s[FK_R] = {0}, acc[FK_R][FK_KMAX] = {{0}};
+        for (int64_t j0 = 0; j0 < M; j0 += FK_FLUSH) {
+            int64_t j1 = (M - j0 < FK_FLUSH) ? M : j0 + FK_FLUSH;
+            __m256 sv[FK_R], av[FK_R][FK_KMAX];
+            for (int64_t a = 0; a < FK_R; ++a) {
+                sv[a] = _mm256_setzero_ps();
+                for (int64_t k = 0; k < K; ++k) av[a][k] = _mm256_setzero_ps();
+            }
+            for (int64_t j = j0; j < j1; j += 8) {
+                __m256 e[FK_R];
+                for (int64_t a = 0; a < FK_R; ++a) {
+                    e[a] = fk_exp8(_mm256_sub_ps(fk_logits8(xb[a], yt, h, j, M, d), shift[a]));
+                    sv[a] = _mm256_add_ps(sv[a], e[a]);
+                }
+                for (int64_t k = 0; k < K; ++k) {
+                    __m256 vv = _mm256_loadu_ps(vt + k * M + j);
+                    for (int64_t a = 0; a < FK_R; ++a)
+                        av[a][k] = _mm256_fmadd_ps(e[a], vv, av[a][k]);
+                }
+            }
+            for (int64_t a = 0; a < FK_R; ++a) {
+                s[a] += fk_hsum8(sv[a]);
+                for (int64_t k = 0; k < K; ++k) acc[a][k] += fk_hsum8(av[a][k]);
+            }
+        }
+        for (int64_t a = 0; a < nr; ++a) {
+            float m = rowmax[a];
+            int isbad = _mm256_movemask_ps(bad[a]) != 0;
+            int64_t i = i0 + a;
+            if (isbad) lse[i] = NAN;
+            else lse[i] = m > -INFINITY ? (float)(m + log(s[a])) : -INFINITY;
+            for (int64_t k = 0; k < K; ++k)
+                out[i * K + k] = (isbad || !(m > -INFINITY)) ? NAN : (float)(acc[a][k] / s[a]);
+        }
     }
 }

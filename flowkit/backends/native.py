@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "unavailable_reason", "library", "reduce", "scaled_exp",
-           "NativeLibrary", "NativeBuildError", "cache_dir", "load_or_build", "FLAGS"]
+           "softmin", "NativeLibrary", "NativeBuildError", "cache_dir", "load_or_build", "FLAGS"]
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
@@ -121,6 +121,8 @@ class NativeLibrary:
             lib.fk_gauss_tile.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 \
                 + [ctypes.c_float]
             lib.fk_gauss_tile.restype = None
+            lib.fk_softmin.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5
+            lib.fk_softmin.restype = None
         except (OSError, AttributeError) as err:
             raise NativeBuildError(f"{path} is not flowkit's native library: {err}") from err
         if lib.fk_abi() != _ABI:
@@ -185,6 +187,21 @@ class NativeLibrary:
         return run
 
 
+    def softmin(self, xs: Tensor, yt: Tensor, h: Tensor, vt: Tensor, lse: Tensor,
+                out: Tensor, r0: int, r1: int) -> None:
+        """``lse[i] = log sum_j exp(h_j - |xs_i - ys_j|^2)`` and ``out[i]`` the softmax
+        average of ``vt``'s columns, for ``r0 <= i < r1`` (``vt`` may have 0 rows)."""
+        n, d = xs.shape
+        k, mp = vt.shape
+        if d > self.dmax or k > self.kmax or mp % 8 or not 0 <= r0 <= r1 <= n:
+            raise ValueError(f"softmin: unsupported sizes d={d}, k={k}, m={mp}, "
+                             f"rows [{r0}, {r1}) of {n}")
+        self.lib.fk_softmin(_pointer(xs, "xs", (n, d)), _pointer(yt, "yt", (d, mp)),
+                            _pointer(h, "h", (mp,)), _pointer(vt, "vt", (k, mp)),
+                            _pointer(lse, "lse", (n,)), _pointer(out, "out", (n, k)),
+                            r0, r1, mp, d, k)
+
+
 def _pointer(t: Tensor, name: str, shape) -> int:
     """The data pointer of a float32, contiguous CPU tensor of exactly ``shape``.
 
@@ -224,6 +241,25 @@ def _known_answer(lib: NativeLibrary) -> None:
             and torch.allclose(acc.double(), 1.0 + kernel @ v[:13, 0].double(), rtol=1e-5,
                                atol=1e-5)):
         raise NativeBuildError(f"{lib.path} failed the known-answer check", loud=True)
+    _softmin_known_answer(lib)
+
+
+def _softmin_known_answer(lib: NativeLibrary) -> None:
+    """The softmin entry point on small inputs against float64 torch."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(5, 3, generator=g), torch.randn(11, 3, generator=g)
+    h = torch.randn(11, generator=g)
+    pad = 5
+    yt = torch.nn.functional.pad(y.T, (0, pad)).contiguous()
+    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf)
+    lse, bar = torch.empty(5), torch.empty(5, 3)
+    lib.softmin(x, yt, hp, yt, lse, bar, 0, 5)
+    logits = h.double() - torch.cdist(x.double(), y.double()).pow(2)
+    want = logits.logsumexp(1)
+    want_bar = torch.softmax(logits, 1) @ y.double()
+    if not (torch.allclose(lse.double(), want, rtol=1e-5, atol=1e-5)
+            and torch.allclose(bar.double(), want_bar, rtol=1e-5, atol=1e-5)):
+        raise NativeBuildError(f"{lib.path} failed the softmin known-answer check", loud=True)
 
 
 def load_or_build(cache: Path | None = None) -> NativeLibrary:
@@ -459,3 +495,30 @@ def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, r
 
     POOL.run(work, n, rows, single_threaded_torch=True)
     return torch.cat([out, last[:, None]], 1) if fused else out
+
+
+def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool = False
+            ) -> tuple[Tensor, Tensor | None]:
+    r"""``lse_i = log sum_j exp(h_j - |x_i - y_j|^2 / (2 eps))`` and, with
+    ``with_barycenter``, ``sum_j softmax_j(...) y_j`` (float32 CPU inputs, ``d`` at most
+    the library's ``dmax``).
+
+    Fused (:c:func:`fk_softmin`): explicit differences, the exponential and the sums in
+    registers, two sweeps (the row maximum, then the shifted sums), ``O(N + M)`` memory, so
+    no block size applies. Rows are split over the worker pool.
+    """
+    lib = library()
+    n, d = x.shape
+    m = y.shape[0]
+    s = 1.0 / math.sqrt(2.0 * eps)
+    pad = (-m) % 8
+    xs = (x * s).contiguous()
+    yt = torch.nn.functional.pad((y * s).T, (0, pad)).contiguous()
+    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf).contiguous()
+    vt = torch.nn.functional.pad(y.T, (0, pad)).contiguous() if with_barycenter \
+        else x.new_empty(0, m + pad)
+    lse = x.new_empty(n)
+    out = x.new_empty(n, vt.shape[0])
+    chunk = max(4, -(-n // (8 * torch.get_num_threads())))
+    POOL.run(lambda a, b: lib.softmin(xs, yt, hp, vt, lse, out, a, b), n, chunk)
+    return lse, (out if with_barycenter else None)

@@ -27,6 +27,7 @@ from torch import Tensor
 from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.kernels import Gaussian, Kernel
 from flowkit.objective import FunctionalObjective
+from flowkit.objectives._target import SampleTarget
 from flowkit.potential import Potential
 from flowkit.validation import check_compatible, check_particles, check_weights
 
@@ -83,7 +84,7 @@ class KernelWitness(Potential):
         return self._cloud(z).kernel_grad_sum()
 
 
-class MMD(FunctionalObjective):
+class MMD(SampleTarget, FunctionalObjective):
     r"""Squared maximum mean discrepancy to a fixed target sample.
 
     Parameters
@@ -139,16 +140,6 @@ class MMD(FunctionalObjective):
         self.target = self._geometry.y
         self.kernel = self._geometry.kernel
         self.smoothness = 6.0 * self.kernel.hessian_bound()
-
-    @property
-    def geometry(self) -> PointCloud:
-        """The target's :class:`~flowkit.geometry.PointCloud` (weights, kernel, settings)."""
-        return self._geometry
-
-    @property
-    def target_weights(self) -> Tensor | None:
-        """The target's weights (``None``: uniform)."""
-        return self._geometry.given_b
 
     def validate(self, x: Tensor, *, finite: bool = True) -> None:
         """Particles of the target's event shape, device and dtype (and finite).

@@ -64,9 +64,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowkit import backends
 from flowkit._compat import MISSING, renamed_keyword
 from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
 from flowkit.objective import FunctionalObjective
+from flowkit.objectives._target import SampleTarget
 from flowkit.potential import Potential
 from flowkit.validation import (
     check_choice,
@@ -305,7 +307,7 @@ class SinkhornPotential(Potential):
         return (bar_a - bar_b).view_as(z)
 
 
-class SinkhornDivergence(FunctionalObjective):
+class SinkhornDivergence(SampleTarget, FunctionalObjective):
     r"""Debiased Sinkhorn divergence :math:`S_\varepsilon(\mu, \nu)` to a fixed sample.
 
     Parameters
@@ -338,8 +340,9 @@ class SinkhornDivergence(FunctionalObjective):
         Bytes of temporaries per block.
     policy : {"converge", "geomloss"}
         Accuracy policy of :func:`sinkhorn` (module docstring).
-    backend : {"auto", "torch", "keops"}
-        Where the softmins run (:mod:`flowkit.backends`).
+    backend : {"auto", "torch", "native", "keops", "triton"}
+        Where the softmins run (:mod:`flowkit.backends`); ``"auto"`` takes the fused
+        native path for float32 on CPU (event size up to 16) and Triton on CUDA.
     warm_start : bool
         Start each evaluation from the potentials of the previous one instead of from zero
         with eps-scaling: along a flow the particles move little per step, so a few
@@ -399,9 +402,9 @@ class SinkhornDivergence(FunctionalObjective):
                               names=(name, name, "target_weights", "target_weights"))
         if target_weights is not None:
             check_weights(target_weights, data.shape[0], "target_weights", like=data)
-        if geom.backend == "native":
-            raise ValueError("backend='native' has no Sinkhorn softmin (it fuses Gaussian "
-                             "kernel sums only); use 'auto', 'torch' or 'keops'")
+        if geom.backend == "native":  # float64 or a device the fused path cannot run: now
+            backends.route("native", geom.y.flatten(1), kernel="softmin",
+                           what=" (Sinkhorn's softmin)")
         geom.block_rows(3)  # a budget too small for one row fails here, not mid-run
         self._geometry = geom
         self.data = data
@@ -420,16 +423,6 @@ class SinkhornDivergence(FunctionalObjective):
         self.last_iterations: tuple[int, int] = (0, 0)
         #: the last evaluation's :class:`SinkhornResult` s (alpha-beta, alpha-alpha)
         self.last_results: tuple[SinkhornResult, SinkhornResult] | None = None
-
-    @property
-    def geometry(self) -> PointCloud:
-        """The data's :class:`~flowkit.geometry.PointCloud` (weights and settings)."""
-        return self._geometry
-
-    @property
-    def target_weights(self) -> Tensor | None:
-        """The data's weights (``None``: uniform)."""
-        return self._geometry.given_b
 
     def validate(self, x: Tensor) -> None:
         self._geometry.particles(x, target=self._target_name)
