@@ -446,9 +446,9 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         r"""Starting potentials from the previous solve, as *functions* of the new points.
 
         A potential is a function, not a vector indexed by particles: the data's
-        :math:`g_{lphaeta}` stays on the (fixed) data, and :math:`f_{lphaeta}`,
-        :math:`f_{lphalpha}` are extended to the new points by the Sinkhorn update
-        (:math:`f(z) = -arepsilon\log\sum_j w_j e^{(h_j - C(z, \cdot_j))/arepsilon}`
+        :math:`g_{\alpha\beta}` stays on the (fixed) data, and :math:`f_{\alpha\beta}`,
+        :math:`f_{\alpha\alpha}` are extended to the new points by the Sinkhorn update
+        (:math:`f(z) = -\varepsilon\log\sum_j w_j e^{(h_j - C(z, \cdot_j))/\varepsilon}`
         over the previous solve's support). The start therefore depends on the previous
         measure, never on the order of the particles: a permutation of the particles
         starts from the permuted potentials and gives the permuted result.
