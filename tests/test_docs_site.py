@@ -48,7 +48,8 @@ def test_every_public_name_has_an_api_page(tmp_path):
 def test_the_site_sources_are_wired():
     conf = (DOCS / "conf.py").read_text()
     for extension in ("numpydoc", "myst_parser", "sphinx_gallery.gen_gallery",
-                      "sphinx.ext.autosummary", "sphinx.ext.mathjax"):
+                      "sphinx.ext.autosummary", "sphinx.ext.mathjax",
+                      "sphinx-mathjax-offline"):  # math renders without network
         assert f'"{extension}"' in conf
     index = (DOCS / "index.md").read_text()
     for page in ("api/index", "auto_examples/index", "references", "conventions"):
