@@ -202,3 +202,20 @@ def test_every_api_page_lists_the_guides_that_link_it(linked_guides, tmp_path):
     section = index[index.index(".. automodule:: flowkit.kernels"):]
     assert section[:section.index(".. autosummary::")].count(":doc:`/") == len(
         usage["flowkit.kernels"])
+
+
+def test_see_also_entries_name_documented_objects():
+    # numpydoc's See Also links do not warn when their target is gone: check them here
+    from numpydoc.docscrape import NumpyDocString
+
+    dead, seen = [], 0
+    for entries in _api.public_api().values():
+        for qualname, obj in entries:
+            if not (isinstance(obj, type) or callable(obj)):
+                continue
+            doc = NumpyDocString(_api.docstring(qualname, obj) or "")
+            for items, _ in doc["See Also"]:
+                seen += 1
+                dead += [f"{qualname}: {name}" for name, _ in items if not _api.resolve(name)]
+    assert dead == []
+    assert seen >= 30  # the siblings: the MMD family, the flows, the critics
