@@ -120,9 +120,9 @@ def write_api_index(path: str | Path, usage: dict[str, list[str]] | None = None)
 #
 # A build-time pass, so the guides stay plain Markdown: every inline code span of a guide
 # that names a public object (``flowkit.X.Y``, ``fk.X.Y`` with ``import flowkit as fk``,
-# or a bare name that is unique in the API: a class, or a function written as a call)
-# becomes a link to its API page (:func:`link_literals`, on ``doctree-read``), and every
-# API page lists the guides that name it (:func:`used_in`, written into the pages on
+# or the bare name of a class that is unique in the API), and every ``flowkit.X.Y`` in its
+# prose, becomes a link to its API page (:func:`link_literals`, on ``doctree-read``), and
+# every API page lists the guides that name it (:func:`used_in`, written into the pages on
 # ``source-read``). Both read the same :func:`resolve`, so a link and its backlink cannot
 # disagree, and both are recomputed at every build, so neither goes stale.
 
@@ -168,7 +168,8 @@ def resolve(code: str) -> tuple[str, str] | None:
     ``role`` is ``"mod"`` for a documented module and ``"obj"`` otherwise; ``qualname``
     is where the name is documented (``fk.objectives.MMD(kernel)`` gives
     ``("obj", "flowkit.objectives.MMD")``; a re-export gives its one page). A method or
-    attribute of a public class resolves to the class.
+    attribute of a public class resolves to the class; a module whose names are all
+    documented in one section (``flowkit.potential``) resolves to that section.
     """
     import flowkit
 
@@ -191,6 +192,12 @@ def resolve(code: str) -> tuple[str, str] | None:
             if inspect.ismodule(obj):
                 if obj.__name__ in documented:
                     return "mod", obj.__name__
+                # a module whose names are all documented elsewhere (``flowkit.potential``,
+                # re-exported at the top): the section that documents them
+                names = [getattr(obj, n, None) for n in getattr(obj, "__all__", ())]
+                homes = {by_id[id(o)].rpartition(".")[0] for o in names if id(o) in by_id}
+                if names and len(homes) == 1 and all(id(o) in by_id for o in names):
+                    return "mod", homes.pop()
             elif not _is_data(obj) and id(obj) in by_id:
                 return "obj", by_id[id(obj)]
             elif dotted in documented:
@@ -200,9 +207,9 @@ def resolve(code: str) -> tuple[str, str] | None:
     if match and match.group(1) in unique:
         qualname = unique[match.group(1)]
         obj = dict(public_api()[qualname.rpartition(".")[0]])[qualname]
-        # a bare lowercase word is too often prose (``digits``, ``claims``): a function
-        # counts only written as a call, a class by its name alone
-        if inspect.isclass(obj) or (inspect.isroutine(obj) and match.group(2) == "("):
+        # only a class: a bare function name is too often prose (``digits``) or a
+        # method of the same name (``PointCloud.particles``, ``FunctionalGradientDescent.run``)
+        if inspect.isclass(obj):
             return "obj", qualname
     return None
 

@@ -144,10 +144,13 @@ def test_resolve_finds_the_documented_page_of_a_name():
     assert _api.resolve("flowkit.kernels") == ("mod", "flowkit.kernels")
     assert _api.resolve("~flowkit.monitors.W2") == ("obj", "flowkit.monitors.W2")
     assert _api.resolve("SVGD") == ("obj", "flowkit.flows.SVGD")
-    assert _api.resolve("digits(n=64)") == ("obj", "flowkit.datasets.digits")
+    assert _api.resolve("fk.datasets.digits(n=64)") == ("obj", "flowkit.datasets.digits")
+    # a module re-exported whole at the top level links to the top-level section
+    assert _api.resolve("flowkit.potential") == ("mod", "flowkit")
     # ambiguous (objective and monitor), prose, private or unknown: no link
+    # a bare function: maybe a method of that name (``run(...)`` of the engine)
     for code in ("MMD", "digits", "flowkit.experiments", "fk.nothing_here", "W2 vs time",
-                 "kernels.py"):
+                 "kernels.py", "run(x, checkpoint=path)", "kernel_sum"):
         assert _api.resolve(code) is None, code
 
 
