@@ -140,8 +140,13 @@ _PY_ROLES = {"class", "func", "meth", "obj", "mod", "data", "attr", "exc",
 
 
 def guides() -> dict[str, Path]:
-    """``{docname: path}`` of the Markdown guides (every ``docs/*.md``)."""
-    return {p.stem: p for p in sorted(DOCS.glob("*.md"))}
+    """``{docname: path}`` of the Markdown guides (every ``docs/*.md``), in the order of
+    the site's table of contents (the index first), so a "Used in" line reads like it."""
+    paths = {p.stem: p for p in sorted(DOCS.glob("*.md"))}
+    toc = re.search(r"```\{toctree\}(.*?)```", paths["index"].read_text("utf-8"), re.S)
+    entries = [line.strip() for line in (toc.group(1) if toc else "").splitlines()]
+    order = ["index", *(e for e in entries if e in paths)]
+    return {name: paths[name] for name in dict.fromkeys([*order, *paths])}
 
 
 @functools.lru_cache(maxsize=1)
