@@ -32,6 +32,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax 3 shipped with the site: math renders without network (clusters, sandboxes)
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
     "myst_parser",
@@ -44,8 +46,11 @@ exclude_patterns = ["_build", "api/generated/*.examples", "figures/README*",
                     "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip",
                     "auto_examples/*.md5", "auto_examples/*.json"]
 
-# --- API pages: regenerated from the __all__ lists at every build
-_api.write_api_index(HERE / "api" / "index.rst")
+# --- API pages: regenerated from the __all__ lists at every build, each with the guides
+# that name it; the guides' names link to these pages (``docs/_api.py``)
+USAGE = _api.used_in()
+GUIDES = set(_api.guides())
+_api.write_api_index(HERE / "api" / "index.rst", USAGE)
 autosummary_generate = True
 autosummary_imported_members = True
 autodoc_default_options = {"members": True, "inherited-members": False,
@@ -56,7 +61,7 @@ numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 
 # --- Markdown guides
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_enable_extensions = _api.MYST_EXTENSIONS
 myst_heading_anchors = 3
 # The guides link to source files of the repository (``../flowkit/...``) for GitHub
 # readers; those are not pages of the site.
@@ -84,3 +89,31 @@ html_theme_options = {
     "secondary_sidebar_items": ["page-toc"],
 }
 html_static_path: list[str] = []
+
+
+# --- cross-references between the guides and the API pages
+
+
+def _link_guide(app, doctree):
+    if app.env.docname in GUIDES:
+        _api.link_literals(doctree, app.env.docname)
+
+
+def _add_backlinks(app, docname, source):
+    if docname.startswith("api/generated/"):
+        source[0] = _api.add_backlinks(source[0], USAGE.get(docname.rpartition("/")[2], []))
+
+
+def _reread_changed_backlinks(app, env, added, changed, removed):
+    # an API page's "Used in" line comes from the guides: when a guide's names change,
+    # the pages whose line changed are read again (an incremental build stays right)
+    old = getattr(env, "flowkit_usage", {})
+    env.flowkit_usage = USAGE
+    return [f"api/generated/{q}" for q in set(old) | set(USAGE)
+            if old.get(q) != USAGE.get(q) and f"api/generated/{q}" in env.found_docs]
+
+
+def setup(app):
+    app.connect("doctree-read", _link_guide)
+    app.connect("source-read", _add_backlinks)
+    app.connect("env-get-outdated", _reread_changed_backlinks)

@@ -48,7 +48,8 @@ def test_every_public_name_has_an_api_page(tmp_path):
 def test_the_site_sources_are_wired():
     conf = (DOCS / "conf.py").read_text()
     for extension in ("numpydoc", "myst_parser", "sphinx_gallery.gen_gallery",
-                      "sphinx.ext.autosummary", "sphinx.ext.mathjax"):
+                      "sphinx.ext.autosummary", "sphinx.ext.mathjax",
+                      "sphinx-mathjax-offline"):  # math renders without network
         assert f'"{extension}"' in conf
     index = (DOCS / "index.md").read_text()
     for page in ("api/index", "auto_examples/index", "references", "conventions"):
@@ -117,3 +118,119 @@ def test_no_source_file_holds_a_control_character():
     bad = [str(p.relative_to(root)) for p in files
            if any(c in p.read_text(encoding="utf-8") for c in "\a\b\f\v")]
     assert bad == []
+
+
+# --- cross-references between the guides and the API pages (built by docs/_api.py)
+
+
+def _guide_doctree(path: Path):
+    """A guide read by MyST without Sphinx (roles Sphinx adds stay unresolved)."""
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    return publish_doctree(path.read_text("utf-8"), parser=Parser(), settings_overrides={
+        "myst_enable_extensions": _api.MYST_EXTENSIONS, "report_level": 5,
+        "halt_level": 5, "warning_stream": False})
+
+
+@pytest.fixture(scope="module")
+def linked_guides():
+    """``{docname: (doctree after the link pass, set of link targets)}`` for every guide."""
+    from sphinx import addnodes
+
+    out = {}
+    for docname, path in _api.guides().items():
+        tree = _guide_doctree(path)
+        _api.link_literals(tree, docname)
+        out[docname] = (tree, {n["reftarget"] for n in tree.findall(addnodes.pending_xref)})
+    return out
+
+
+def test_resolve_finds_the_documented_page_of_a_name():
+    assert _api.resolve("fk.objectives.MMD(kernel, target)") == ("obj", "flowkit.objectives.MMD")
+    # a re-export and a private module path both land on the one page
+    assert _api.resolve("flowkit.layers.GradientLayer") == ("obj", "flowkit.GradientLayer")
+    assert _api.resolve("fk.flows.svgd.SVGD") == ("obj", "flowkit.flows.SVGD")
+    assert _api.resolve("fk.FunctionalGradientDescent.run(x)") == (
+        "obj", "flowkit.FunctionalGradientDescent")
+    assert _api.resolve("flowkit.kernels") == ("mod", "flowkit.kernels")
+    assert _api.resolve("~flowkit.monitors.W2") == ("obj", "flowkit.monitors.W2")
+    assert _api.resolve("SVGD") == ("obj", "flowkit.flows.SVGD")
+    assert _api.resolve("fk.datasets.digits(n=64)") == ("obj", "flowkit.datasets.digits")
+    # a module re-exported whole at the top level links to the top-level section
+    assert _api.resolve("flowkit.potential") == ("mod", "flowkit")
+    # ambiguous (objective and monitor), prose, private or unknown: no link
+    # a bare function: maybe a method of that name (``run(...)`` of the engine)
+    for code in ("MMD", "digits", "flowkit.experiments", "fk.nothing_here", "W2 vs time",
+                 "kernels.py", "run(x, checkpoint=path)", "kernel_sum"):
+        assert _api.resolve(code) is None, code
+
+
+def test_the_link_pass_links_code_and_prose_and_nothing_else():
+    from docutils import nodes
+    from docutils.utils import new_document
+    from sphinx import addnodes
+
+    tree = new_document("guide")
+    para = nodes.paragraph()
+    para += [nodes.literal("fk.flows.SVGD(kernel)", "fk.flows.SVGD(kernel)"),
+             nodes.Text(" runs, see flowkit.theory. and "), nodes.literal("MMD", "MMD")]
+    tree += [para, nodes.literal_block("fk.flows.SVGD()", "fk.flows.SVGD()")]
+    assert _api.link_literals(tree, "guide") == 2
+    refs = list(tree.findall(addnodes.pending_xref))
+    assert [(r["reftype"], r["reftarget"]) for r in refs] == [
+        ("obj", "flowkit.flows.SVGD"), ("mod", "flowkit.theory")]
+    assert all(r["refwarn"] for r in refs)  # a vanished target fails the -W build
+    assert para.astext() == "fk.flows.SVGD(kernel) runs, see flowkit.theory. and MMD"
+
+
+def test_every_public_name_a_guide_names_is_linked(linked_guides):
+    from docutils import nodes
+    from sphinx import addnodes
+
+    unlinked = []
+    for docname, (tree, _) in linked_guides.items():
+        for node in tree.findall(lambda n: isinstance(n, (nodes.Text, nodes.literal))):
+            if any(isinstance(a, (addnodes.pending_xref, nodes.literal_block, nodes.raw,
+                                  nodes.math, nodes.math_block, nodes.literal))
+                   for a in _api._ancestors(node.parent)):
+                continue  # linked already, code, math; or the text of a literal
+            text = node.astext()
+            if _api.resolve(text) if isinstance(node, nodes.literal) else any(
+                    _api.resolve(m.group(0)) for m in _api._QUALIFIED.finditer(text)):
+                unlinked.append(f"{docname}: {text[:60]}")
+    assert unlinked == []
+    assert sum(len(targets) for _, targets in linked_guides.values()) > 100
+
+
+def test_every_api_page_lists_the_guides_that_link_it(linked_guides, tmp_path):
+    usage = _api.used_in()
+    missing = [(target, docname) for docname, (_, targets) in linked_guides.items()
+               for target in targets if docname not in usage.get(target, [])]
+    assert missing == []
+    # a stub page gets its line under the title, a module its line on the index page
+    stub = "flowkit.flows.SVGD\n==================\n\n.. currentmodule:: flowkit.flows\n"
+    page = _api.add_backlinks(stub, usage["flowkit.flows.SVGD"])
+    assert page.startswith("flowkit.flows.SVGD\n====") and ":doc:`/flows`" in page
+    assert page.index(":doc:`/flows`") < page.index(".. currentmodule::")
+    index = _api.write_api_index(tmp_path / "index.rst", usage).read_text()
+    section = index[index.index(".. automodule:: flowkit.kernels"):]
+    assert section[:section.index(".. autosummary::")].count(":doc:`/") == len(
+        usage["flowkit.kernels"])
+
+
+def test_see_also_entries_name_documented_objects():
+    # numpydoc's See Also links do not warn when their target is gone: check them here
+    from numpydoc.docscrape import NumpyDocString
+
+    dead, seen = [], 0
+    for entries in _api.public_api().values():
+        for qualname, obj in entries:
+            if not (isinstance(obj, type) or callable(obj)):
+                continue
+            doc = NumpyDocString(_api.docstring(qualname, obj) or "")
+            for items, _ in doc["See Also"]:
+                seen += 1
+                dead += [f"{qualname}: {name}" for name, _ in items if not _api.resolve(name)]
+    assert dead == []
+    assert seen >= 30  # the siblings: the MMD family, the flows, the critics

@@ -36,6 +36,13 @@ class Critic(CriticTrainingState, abc.ABC):
       :math:`\lambda`), ``lr``, ``betas``, ``batch_size``, ``steps``, ``seed``;
     * :meth:`train`, :meth:`state_dict`, :meth:`load_state_dict`, ``total_steps``,
       ``n_fits``, ``last_losses``.
+
+    See Also
+    --------
+    flowkit.critics.WGANGPCritic
+        The network critic of Algorithm 1 (WGAN-GP).
+    flowkit.critics.MMDCritic
+        A gradient-regularised MMD critic.
     """
 
     def fit(self, particles: Batches, data: Tensor, steps: int | None = None) -> Potential:

@@ -111,6 +111,15 @@ class MMDCritic(Critic):
     memory_budget : int
         For the snapshot's kernel sums over the pool and data.
 
+    See Also
+    --------
+    flowkit.critics.WGANGPCritic
+        The network critic of Algorithm 1.
+    flowkit.critics.Critic
+        The interface every critic implements.
+    flowkit.objectives.MMD
+        The MMD with a fixed kernel, no critic to fit.
+
     Examples
     --------
     >>> import torch, flowkit as fk

@@ -116,6 +116,15 @@ class WGANGPCritic(Critic):
     total_steps : int
         Adam steps taken so far.
 
+    See Also
+    --------
+    flowkit.critics.MMDCritic
+        A gradient-regularised MMD critic, same interface.
+    flowkit.critics.Critic
+        The interface every critic implements.
+    flowkit.critics.gradient_penalty
+        The penalty term, on its own.
+
     Examples
     --------
     >>> import torch, flowkit as fk

@@ -242,7 +242,7 @@ def _gan_figure(gan: dict, floor: float):
     from flowkit import plotting
 
     n_seeds = len(next(iter(gan.values())))
-    fig, (ax,) = plotting.figure(width=4.8, height=2.8)
+    fig, (ax,) = plotting.figure(width=4.8, height=3.4)
     plotting.log_axis(ax)
     plotting.plot_curves(ax, {label: (runs[0]["iters"], [r["w2"] for r in runs])
                               for label, runs in gan.items()})
@@ -252,7 +252,8 @@ def _gan_figure(gan: dict, floor: float):
     spread = ("1 seed: no band" if n_seeds == 1
               else f"mean +- std over {n_seeds} seeds")
     ax.set_title(f"8 gaussians, non-saturating GAN ({spread})")
-    plotting.place_legend(fig)
+    # below the axes: on the right, the legend ran over this long title
+    plotting.place_legend(fig, loc="outside lower center")
     return fig
 
 

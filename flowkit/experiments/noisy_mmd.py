@@ -105,20 +105,27 @@ def run(args: argparse.Namespace, run) -> None:
               f"{r['min_mmd2']:>12.3e} {r['final_mean']:>8.3f} {r['final_std']:>7.3f} "
               f"{r['stranded']:>8d}")
     run.write_json("results.json", {"runs": runs})
+    plotting.save_figure(_figure(runs, args.noise_until), run, "mmd2")
 
-    fig, (ax,) = plotting.figure(width=4.6)
+
+def _figure(runs: list[dict], noise_until: int):
+    """MMD^2 against steps, one curve per noise level (a band over seeds)."""
+    from flowkit import plotting
+
+    fig, (ax,) = plotting.figure(width=4.6, height=3.2)
     plotting.log_axis(ax)
     curves = {}
-    for beta in args.noise:
+    for beta in dict.fromkeys(r["beta"] for r in runs):
         group = [r for r in runs if r["beta"] == beta]
         curves[f"beta = {beta:g}" if beta else "no noise"] = (
             group[0]["steps"], [r["mmd2"] for r in group])
     plotting.plot_curves(ax, curves)
-    plotting.reference_line(ax, args.noise_until, f"noise stops (step {args.noise_until})",
-                            axis="x")
+    plotting.reference_line(ax, noise_until, f"noise stops (step {noise_until})", axis="x")
     ax.set_xlabel("step")
     ax.set_ylabel("MMD$^2$ (Gaussian kernel)")
-    seeds = "1 seed" if args.seeds == 1 else f"mean +- std over {args.seeds} seeds"
+    n_seeds = len(runs) // len(curves)
+    seeds = "1 seed" if n_seeds == 1 else f"mean +- std over {n_seeds} seeds"
     ax.set_title(f"MMD flow with noise injection ({seeds})")
-    plotting.place_legend(fig)
-    plotting.save_figure(fig, run, "mmd2")
+    # below the axes: on the right, the legend ran over the title
+    plotting.place_legend(fig, loc="outside lower center")
+    return fig

@@ -175,6 +175,15 @@ class Langevin(FunctionalObjective):
     beta : float
         Inverse temperature :math:`\beta > 0`.
 
+    See Also
+    --------
+    flowkit.flows.BlobKL
+        The deterministic (blob) flow of the same KL objective.
+    flowkit.flows.SVGD
+        A deterministic interacting-particle sampler.
+    flowkit.objectives.NoisyMMDFlow
+        Noise injection in an MMD flow.
+
     Examples
     --------
     >>> import torch, flowkit as fk, flowkit.flows
@@ -296,6 +305,13 @@ class BlobKL(FunctionalObjective):
         to shrink more slowly than the particle spacing; too small and the entropy sees single
         particles, too large and it sees :math:`\mu*\varphi_\delta` (a covariance bias of
         order :math:`\delta^2`).
+
+    See Also
+    --------
+    flowkit.flows.Langevin
+        The stochastic flow of the same KL objective.
+    flowkit.flows.SVGD
+        A kernelized velocity field toward the same density.
 
     Examples
     --------

@@ -203,6 +203,13 @@ class KSD(FunctionalObjective):
     block_size, memory_budget
         Blocking of the Stein-kernel sums.
 
+    See Also
+    --------
+    flowkit.flows.SVGD
+        A velocity field built from the same kernel and score.
+    flowkit.flows.Langevin
+        Sampling the same target with noise.
+
     Examples
     --------
     >>> import torch, flowkit as fk, flowkit.flows

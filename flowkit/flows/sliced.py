@@ -187,6 +187,13 @@ class SlicedWasserstein(FunctionalObjective):
     seed : int or torch.Generator
         Source of the directions (its state is in :meth:`state_dict`).
 
+    See Also
+    --------
+    flowkit.objectives.SinkhornDivergence
+        Entropic optimal transport in full dimension.
+    flowkit.objectives.MMD
+        A kernel divergence to a sample.
+
     Notes
     -----
     The entropic term of [LiutkusEtAl19]'s SWF (noise ``sqrt(2 lambda eta) xi``) is the

@@ -207,6 +207,15 @@ class SVGD(FunctionalObjective):
     bandwidth : float or "median"
         See :func:`svgd_velocity`.
 
+    See Also
+    --------
+    flowkit.flows.KSD
+        Descent on the kernel Stein discrepancy of the same kernel.
+    flowkit.flows.Langevin
+        The stochastic flow of the same KL objective.
+    flowkit.flows.BlobKL
+        The deterministic blob approximation of the KL flow.
+
     Examples
     --------
     >>> import torch, flowkit as fk, flowkit.flows

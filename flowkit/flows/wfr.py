@@ -117,6 +117,13 @@ class WFR(FunctionalObjective):
     block_size, memory_budget, backend
         As in :class:`flowkit.objectives.MMD`.
 
+    See Also
+    --------
+    flowkit.objectives.MMD
+        The transport-only flow (``weight_step=0`` here).
+    flowkit.flows.SVGD
+        A transport-only flow toward a density.
+
     Examples
     --------
     >>> import torch, flowkit as fk, flowkit.flows

@@ -34,6 +34,15 @@ class EnergyDistance(MMD):
     target_weights, block_size, memory_budget, backend
         As in :class:`flowkit.objectives.MMD`.
 
+    See Also
+    --------
+    flowkit.objectives.MMD
+        The same divergence with any radial kernel.
+    flowkit.objectives.SinkhornDivergence
+        Debiased entropic optimal transport: the geometry of the transport plan.
+    flowkit.distributed.ShardedEnergyDistance
+        This objective across processes.
+
     Notes
     -----
     The gradient of :math:`\|x - y\|` jumps at ``x = y``, so the objective is not smooth:

@@ -108,6 +108,17 @@ class MMD(SampleTarget, FunctionalObjective):
         Where the kernel sums run (see :mod:`flowkit.backends`): ``"auto"`` takes the fused
         native Gaussian path on CPU float32 when available, else plain torch.
 
+    See Also
+    --------
+    flowkit.objectives.EnergyDistance
+        The MMD of the energy kernel: no bandwidth to choose.
+    flowkit.objectives.SinkhornDivergence
+        The debiased entropic optimal-transport divergence.
+    flowkit.objectives.NoisyMMDFlow
+        This flow with noise injection (Arbel et al. 2019).
+    flowkit.critics.MMDCritic
+        The MMD on learned features with a gradient penalty (a critic).
+
     Notes
     -----
     Smoothness: if :math:`\nabla_1 k` is ``L``-Lipschitz, the objective is ``6 L``-smooth in

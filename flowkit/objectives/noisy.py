@@ -106,6 +106,13 @@ class NoisyMMDFlow(MMD):
     target_weights, block_size, memory_budget, backend
         As in :class:`MMD` (so is a :class:`~flowkit.geometry.PointCloud` as ``target``).
 
+    See Also
+    --------
+    flowkit.objectives.MMD
+        The flow without noise.
+    flowkit.flows.Langevin
+        Noise layers toward a density instead of a sample.
+
     Notes
     -----
     The value, minimum and smoothness are those of :class:`MMD`; only the direction is

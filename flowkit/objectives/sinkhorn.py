@@ -354,6 +354,15 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
     target_weights : Tensor, optional
         ``(M,)`` probability weights of the data (default uniform).
 
+    See Also
+    --------
+    flowkit.objectives.MMD
+        A kernel divergence, cheaper per step.
+    flowkit.objectives.EnergyDistance
+        The energy kernel's MMD: no blur to choose, no inner loop.
+    flowkit.flows.SlicedWasserstein
+        One-dimensional optimal transport over random directions.
+
     Notes
     -----
     Conventions: cost :math:`\frac12\|x-y\|^2` and :math:`\varepsilon = \mathrm{blur}^2`,
