@@ -39,6 +39,8 @@ BAD = [
     (["reproduce", "digits"], ["--seeds", "0"], "--seeds"),
     (["reproduce", "digits"], ["--step-size", "-0.5"], "--step-size"),
     (["reproduce", "digits"], ["--checkpoint", "no/such/pretrained.pt"], "--checkpoint"),
+    (["reproduce", "digits"], ["--no-mmd", "--arms", "mmd"], "--arms"),
+    (["reproduce", "digits"], ["--arms", "gan"], "--arms"),
     (["reproduce", "cg-digits"], ["--n-eval", "1"], "--n-eval"),
     (["reproduce", "cg-digits"], ["--lr-rule", "cosine"], "--lr-rule"),
 ]

@@ -80,3 +80,18 @@ def test_dcgan_critic_input_gradients_match_autograd():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="scalar"):
         DCGANCritic(4, 3).values_and_input_gradients(x, p)
+
+
+def test_arms_option_selects_the_arms_in_table_order():
+    parser = cli.build_parser()
+
+    def arms(*extra):
+        args = parser.parse_args(["reproduce", "digits", *extra])
+        return digits.run_arms(digits.config_from_args(args))
+
+    assert arms() == list(digits.ARMS.values())
+    assert arms("--no-mmd") == ["Algorithm 1 (WGAN-GP critic)", "WGAN-GP continued"]
+    assert arms("--arms", "mmd", "wgan-gp") == ["Algorithm 1 (WGAN-GP critic)",
+                                                "Algorithm 1 (MMD critic)"]
+    assert digits.config_from_args(parser.parse_args(
+        ["reproduce", "digits", "--arms", "mmd"])).arms == ("mmd",)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from flowkit import cli
 from flowkit.experiments import toy
@@ -49,7 +50,34 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
     for who in ("training_particles", "fresh", "data"):
         assert held[who]["mean"] > 0 and held[who]["std"] >= 0
     assert "Held out" in printed
-    assert json.loads((run / "config.json").read_text())["config"]["threads"] == 1
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["threads"] == 1 and config["processes"] == 2  # the baseline ran beside
+
+
+def _numbers(out: dict) -> dict:
+    """Everything ``run_toy`` measured except wall times, with the baseline's history."""
+    timing = {"wall_time", "generation_seconds", "seconds_per_1000_samples_per_layer",
+              "ot_seconds"}
+
+    def strip(x):
+        return {k: strip(v) for k, v in x.items() if k not in timing} if isinstance(x, dict) \
+            else x
+
+    kept = {k: v for k, v in out.items() if not k.startswith("_") and k != "wgan_gp"}
+    history = out["wgan_gp"]["history"]
+    return {**strip(kept), "baseline": (history.critic_steps, history.metrics)}
+
+
+@pytest.mark.slow  # starts a second Python process (imports torch: seconds)
+def test_baseline_in_a_second_process_gives_the_same_numbers():
+    cfg = toy.toy_config("8gaussians", quick=True, outer_steps=2, critic_steps=5, hidden=16,
+                         fresh_factor=2)
+    one, two = toy.run_toy(cfg), toy.run_toy(cfg, parallel=True)
+    assert _numbers(two) == _numbers(one)  # bit for bit: every stream is seeded
+    assert list(two) == list(one)  # results.json keeps its layout
+    for key in ("_snapshots", "_baseline_snapshots"):
+        assert all(torch.equal(one[key][s], two[key][s]) for s in one[key])
+    assert two["wgan_gp"]["history"].critic_steps[-1] == 10
 
 
 def test_quick_paper_mode_without_baseline(tmp_path):

@@ -69,6 +69,7 @@ class DigitsConfig:
     outer_steps: int = 30  # T
     monitor_every: int = 5  # outer steps between evaluations (5 T_0 = 16 generator steps)
     mmd: bool = True
+    arms: tuple[str, ...] = ("wgan-gp", "continued", "mmd")  # of ARMS; "mmd" only with mmd
     mmd_features: int = 16
     mmd_bandwidth: float = 4.0
     mmd_lr: float = 5e-5
@@ -78,6 +79,10 @@ class DigitsConfig:
     seed: int = 0
     threads: int = 1
 
+
+#: The arms of the comparison: command-line name -> row label.
+ARMS = {"wgan-gp": "Algorithm 1 (WGAN-GP critic)", "continued": "WGAN-GP continued",
+        "mmd": "Algorithm 1 (MMD critic)"}
 
 QUICK = dict(pretrain_max=30, pretrain_min=10, eval_every=10, outer_steps=3, critic_steps=5,
              monitor_every=1, n_eval=200, seeds=1, gen_width=16, critic_width=16)
@@ -380,6 +385,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-max", type=integer(1), default=None,
                         help="most WGAN-GP generator steps of the pretraining (2000)")
     parser.add_argument("--no-mmd", action="store_true", help="skip the MMD-critic arm")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None,
+                        help="run only these arms (default all: wgan-gp continued mmd); the "
+                             "verdict needs wgan-gp and continued")
+
+
+def run_arms(cfg: DigitsConfig) -> list[str]:
+    """Row labels of the arms this configuration runs (``mmd=False`` drops the MMD arm)."""
+    return [ARMS[a] for a in cfg.arms if a != "mmd" or cfg.mmd]
 
 
 def config_from_args(args: argparse.Namespace) -> DigitsConfig:
@@ -392,6 +405,11 @@ def config_from_args(args: argparse.Namespace) -> DigitsConfig:
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     if args.no_mmd:
         cfg.mmd = False
+    arms = getattr(args, "arms", None)
+    if arms is not None:
+        if args.no_mmd and "mmd" in arms:
+            raise ValueError("--arms mmd contradicts --no-mmd")
+        cfg.arms = tuple(a for a in ARMS if a in arms)  # in the table's order
     return cfg
 
 
@@ -450,9 +468,7 @@ def _run(cfg: DigitsConfig, args: argparse.Namespace, folder, metrics) -> dict[s
                                  logy=False, title="pretraining",
                                  references={"real vs real": real["IS"]}),
                     folder, "pretrain")
-    arm_names = ["Algorithm 1 (WGAN-GP critic)", "WGAN-GP continued"]
-    if cfg.mmd:
-        arm_names.append("Algorithm 1 (MMD critic)")
+    arm_names = run_arms(cfg)
     arms: dict[str, list[dict[str, Any]]] = {name: [] for name in arm_names}
     finals: dict[str, Tensor] = {}
     for i in range(cfg.seeds):

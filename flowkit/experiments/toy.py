@@ -17,7 +17,9 @@ Beside Algorithm 1 it runs the WGAN-GP baseline (:class:`flowkit.generators.WGAN
 MLP generator of the critic's width and depth with a tanh output, the same base noise, the
 same critic configuration and initial weights, n_critic = 5) for the same number of critic
 steps :math:`T T_0`, and tabulates W2 against critic steps for both. Algorithm 2 is
-checked on ``10 x`` fresh base samples.
+checked on ``10 x`` fresh base samples. On a CPU the command runs the baseline in a second
+process at the same time as Algorithm 1 (``--sequential``: after it, in one process); every
+random stream is seeded, so both ways give the same numbers.
 
 Writes ``config.json``, ``results.json``, ``table.md``, ``figure2`` (steps 0, 25, 50, 100
 over the data), ``wgangp`` (the baseline at the same critic steps) and ``w2``, each figure
@@ -27,6 +29,8 @@ as PNG and PDF.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,8 +106,8 @@ def toy_config(dataset: str, *, quick: bool = False, **overrides: Any) -> ToyCon
     return cfg
 
 
-def run_toy(cfg: ToyConfig, *, progress: bool = False, history_dir: str | None = None
-            ) -> dict[str, Any]:
+def run_toy(cfg: ToyConfig, *, progress: bool = False, history_dir: str | None = None,
+            parallel: bool = False) -> dict[str, Any]:
     """Run Algorithm 1, Algorithm 2 on fresh samples, and the WGAN-GP baseline.
 
     Returns a JSON-ready dictionary (plus tensors under ``"_snapshots"``, ``"_baseline_
@@ -111,25 +115,75 @@ def run_toy(cfg: ToyConfig, *, progress: bool = False, history_dir: str | None =
     critic (both methods) ``seed + 2``, base samples of ``mode="paper"`` ``seed + 3``,
     baseline ``seed + 4``, reference data draw ``seed + 5``, Algorithm 2's fresh samples
     ``seed + 6``.
+
+    With ``parallel=True`` (and ``cfg.baseline``) the WGAN-GP baseline and the distances
+    that do not involve Algorithm 1 (the reference W2 and the held-out W2 of the data) run
+    in a second process, with this process's number of torch threads, while this process
+    runs Algorithm 1 and Algorithm 2. Every random stream is seeded, so the numbers are the
+    same as with ``parallel=False`` (bit for bit at equal thread counts; tested); only the
+    wall time changes.
     """
     import flowkit as fk
-    from flowkit.objectives.adversarial import gaussian_base
 
     device = torch.device(cfg.device)
     make = fk.datasets.DATASETS[cfg.dataset]
     raw = make(cfg.size, seed=cfg.seed, device=device)
     scale = DATA_MAX / raw.abs().max()
     data = raw * scale
-    n, t0, b = cfg.size, cfg.critic_steps, cfg.batch_size
+    n = cfg.size
+    # What a perfect sampler scores: independent draws of the data distribution (same
+    # scaling), N and fresh_factor * N of them. Training particles can go below it, since
+    # they fit the one data sample they were trained on.
+    reference = make(cfg.fresh_factor * cfg.size, seed=cfg.seed + 5, device=device) * scale
+    with contextlib.ExitStack() as stack:
+        side = None
+        if parallel and cfg.baseline:
+            side = _side_process(stack)
+            threads = torch.get_num_threads()
+            pending = (side.apply_async(_baseline_job, (cfg, data, threads)),
+                       side.apply_async(_reference_job, (data, reference, n, threads)))
+        alg = _algorithms_1_and_2(cfg, data, reference, progress, history_dir)
+        if side is None:
+            reference_w2, held_data = _reference_job(data, reference, n)
+            baseline = _baseline_job(cfg, data, progress=progress) if cfg.baseline else {}
+        else:
+            baseline, (reference_w2, held_data) = (job.get() for job in pending)
+    held = alg.pop("held_out_W2")
+    out: dict[str, Any] = {
+        "config": asdict(cfg),
+        "algorithm1": alg.pop("algorithm1"),
+        "algorithm2_fresh": alg.pop("algorithm2_fresh"),
+        "reference_W2": reference_w2,
+        "held_out_W2": {**held, "data": held_data},
+        **alg,  # the tensors for the figures
+        **baseline,
+    }
+    out["table"] = comparison_table(out)
+    return out
+
+
+def _side_process(stack: contextlib.ExitStack) -> Any:
+    """A pool of one spawned worker, terminated when ``stack`` closes (also on errors).
+
+    Spawned, not forked: a fork of a process whose OpenMP threads are running can hang.
+    """
+    import multiprocessing
+
+    return stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
+
+
+def _algorithms_1_and_2(cfg: ToyConfig, data: Tensor, reference: Tensor, progress: bool,
+                        history_dir: str | None) -> dict[str, Any]:
+    """Algorithm 1 with its monitors, then Algorithm 2 on fresh samples and their W2."""
+    import flowkit as fk
+    from flowkit.objectives.adversarial import gaussian_base
+
+    device = data.device
+    n = cfg.size
     base = gaussian_base(cfg.base_std, (2,), device=device)
     x0 = base(n, torch.Generator(device=device).manual_seed(cfg.seed + 1))
-
-    def critic() -> fk.critics.WGANGPCritic:
-        return fk.critics.WGANGPCritic(2, cfg.hidden, cfg.depth, cfg.penalty, cfg.lam, cfg.lr,
-                                       cfg.betas, b, t0, seed=cfg.seed + 2)
-
     objective = fk.objectives.AdversarialObjective(
-        critic(), data, cfg.mode, base if cfg.mode == "paper" else None,
+        _critic(cfg), data, cfg.mode, base if cfg.mode == "paper" else None,
         output_map=torch.tanh, seed=cfg.seed + 3, history_dir=history_dir)
     snapshots: dict[int, Tensor] = {0: torch.tanh(x0).cpu()}
 
@@ -147,31 +201,56 @@ def run_toy(cfg: ToyConfig, *, progress: bool = False, history_dir: str | None =
     alg1_wall = time.perf_counter() - start
 
     fresh = _fresh_samples(result.layers, base, cfg, data)
-    # What a perfect sampler scores: independent draws of the data distribution (same
-    # scaling), N and fresh_factor * N of them. Training particles can go below it, since
-    # they fit the one data sample they were trained on.
-    reference = make(cfg.fresh_factor * cfg.size, seed=cfg.seed + 5, device=device) * scale
-    ref_n = fk.monitors.wasserstein(reference[:n], data, 2).value
-    ref_all = fk.monitors.wasserstein(reference, data, 2, exact_max=len(reference)).value
-    held_out = _held_out(torch.tanh(result.particles), fresh.pop("_samples"), data, reference)
-
-    out: dict[str, Any] = {
-        "config": asdict(cfg),
+    particles, samples = torch.tanh(result.particles), fresh.pop("_samples")
+    chunks = _chunks(reference, n)
+    return {
         "algorithm1": {"history": result.history, "wall_time": alg1_wall,
                        "critic_steps": objective.critic.total_steps,
                        "grad_norm2": result.trace["grad_norm2"]},
         "algorithm2_fresh": fresh,
-        "reference_W2": {"n": n, "W2_n": ref_n, "n_all": len(reference), "W2_all": ref_all},
-        "held_out_W2": held_out,
+        "held_out_W2": {"n": n, "chunks": len(chunks),
+                        "training_particles": _w2_to_chunks([particles] * len(chunks), chunks),
+                        "fresh": _w2_to_chunks(list(samples.split(n)), chunks)},
         "_snapshots": snapshots,
         "_data": data.cpu(),
     }
-    if cfg.baseline:
-        # same critic configuration and initial weights; samples are already in data space
-        baseline_monitors = [fk.monitors.W1(data), fk.monitors.W2(data)]
-        out.update(_baseline(cfg, data, critic(), baseline_monitors, progress))
-    out["table"] = comparison_table(out)
-    return out
+
+
+def _critic(cfg: ToyConfig) -> Any:
+    """The critic of both methods: same configuration, same initial weights."""
+    import flowkit as fk
+
+    return fk.critics.WGANGPCritic(2, cfg.hidden, cfg.depth, cfg.penalty, cfg.lam, cfg.lr,
+                                   cfg.betas, cfg.batch_size, cfg.critic_steps,
+                                   seed=cfg.seed + 2)
+
+
+def _reference_job(data: Tensor, reference: Tensor, n: int, threads: int | None = None
+                   ) -> tuple[dict[str, Any], dict[str, float]]:
+    """The reference W2 (``N`` and all reference points) and the held-out W2 of the data.
+
+    Neither involves Algorithm 1 or the baseline, so a second process can compute them.
+    """
+    from flowkit.monitors import wasserstein
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    ref_n = wasserstein(reference[:n], data, 2).value
+    ref_all = wasserstein(reference, data, 2, exact_max=len(reference)).value
+    chunks = _chunks(reference, n)
+    return ({"n": n, "W2_n": ref_n, "n_all": len(reference), "W2_all": ref_all},
+            _w2_to_chunks([data] * len(chunks), chunks))
+
+
+def _baseline_job(cfg: ToyConfig, data: Tensor, threads: int | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """The WGAN-GP baseline, monitored in the data space (its samples are already there)."""
+    import flowkit as fk
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return _baseline(cfg, data, _critic(cfg), [fk.monitors.W1(data), fk.monitors.W2(data)],
+                     progress)
 
 
 def _fresh_samples(layers: Any, base: Any, cfg: ToyConfig, data: Tensor) -> dict[str, Any]:
@@ -202,9 +281,13 @@ def _fresh_samples(layers: Any, base: Any, cfg: ToyConfig, data: Tensor) -> dict
     }
 
 
-def _held_out(particles: Tensor, fresh: Tensor, data: Tensor, reference: Tensor
-              ) -> dict[str, Any]:
-    r"""W2 to a data draw that no method saw, on chunks of ``N`` points.
+def _chunks(reference: Tensor, n: int) -> list[Tensor]:
+    """The whole chunks of ``n`` points of the held-out data draw."""
+    return [c for c in reference.split(n) if len(c) == n]
+
+
+def _w2_to_chunks(samples: list[Tensor], chunks: list[Tensor]) -> dict[str, float]:
+    r"""W2 of ``samples[i]`` to held-out chunk ``i``: mean and standard deviation over chunks.
 
     The training particles were fitted against ``data`` and can sit closer to it than any
     sampler of the data *distribution* would; against an independent draw that advantage
@@ -214,19 +297,10 @@ def _held_out(particles: Tensor, fresh: Tensor, data: Tensor, reference: Tensor
     """
     from flowkit.monitors import wasserstein
 
-    n = len(particles)
-    chunks = [c for c in reference.split(n) if len(c) == n]
-
-    def w2(samples: list[Tensor]) -> dict[str, float]:
-        values = torch.tensor([wasserstein(x, c, 2).value for x, c in zip(samples, chunks)],
-                              dtype=torch.float64)
-        std = float(values.std()) if len(values) > 1 else 0.0
-        return {"mean": float(values.mean()), "std": std}
-
-    return {"n": n, "chunks": len(chunks),
-            "training_particles": w2([particles] * len(chunks)),
-            "fresh": w2(list(fresh.split(n))),
-            "data": w2([data] * len(chunks))}
+    values = torch.tensor([wasserstein(x, c, 2).value for x, c in zip(samples, chunks)],
+                          dtype=torch.float64)
+    std = float(values.std()) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std}
 
 
 def _baseline(cfg: ToyConfig, data: Tensor, critic: Any, monitors: list,
@@ -306,9 +380,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the WGAN-GP baseline")
     parser.add_argument("--save-layers", action="store_true",
                         help="write every gradient layer to <run>/layers/ (Algorithm 2 from disk)")
-    parser.epilog = ("--quick: T=20, T_0=10, width 64, 2x fresh samples. --threads default: "
-                     f"1 for critics narrower than {WIDE_CRITIC}, whose matrices are too small "
-                     "to share; torch's own default, all cores, for wider ones.")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run the WGAN-GP baseline after Algorithm 1 in this process "
+                             "(default on a CPU: in a second process at the same time; the "
+                             "numbers are the same, only the wall time differs)")
+    parser.epilog = ("--quick: T=20, T_0=10, width 64, 2x fresh samples. --threads (per "
+                     f"process) default: 1 for critics narrower than {WIDE_CRITIC}, whose "
+                     "matrices are too small to share; for wider ones all cores, shared out "
+                     "between the two processes when the baseline runs beside Algorithm 1.")
 
 
 def folder_name(args: argparse.Namespace) -> str:
@@ -321,10 +400,20 @@ def configure(args: argparse.Namespace) -> dict:
     cfg = toy_config(args.dataset, quick=args.quick, outer_steps=args.steps,
                      critic_steps=args.critic_steps, hidden=args.hidden, mode=args.mode,
                      baseline=not args.no_baseline, seed=args.seed, device=args.device)
+    # the baseline beside Algorithm 1 on a CPU with a core for each (--sequential: after it)
+    side = cfg.baseline and not args.sequential and torch.device(cfg.device).type == "cpu"
+    processes = 2 if side and _cores() >= 2 else 1
     if args.threads is None:
-        args.threads = 1 if cfg.hidden < WIDE_CRITIC else torch.get_num_threads()
-    args._toy_config = cfg
-    return asdict(cfg)
+        threads = torch.get_num_threads()  # torch's default: all cores
+        args.threads = 1 if cfg.hidden < WIDE_CRITIC else max(1, threads // processes)
+    args._toy_config, args._toy_processes = cfg, processes
+    return {**asdict(cfg), "processes": processes}
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def main(args: argparse.Namespace):
@@ -337,7 +426,8 @@ def run(args: argparse.Namespace, run) -> None:
 
     cfg = args._toy_config
     out = run_toy(cfg, progress=not args.no_progress,
-                  history_dir=str(run.path / "layers") if args.save_layers else None)
+                  history_dir=str(run.path / "layers") if args.save_layers else None,
+                  parallel=args._toy_processes > 1)
 
     table = format_table(out["table"])
     fresh = out["algorithm2_fresh"]
