@@ -296,7 +296,7 @@ def figure_problems(fig: Any) -> list[str]:
     axis of a labelled panel in its row (an axes drawn without axis lines, such as an
     image grid with ``ax.axis("off")``, shows no labels and needs none); when an axes
     holds more than one labelled line or collection a legend exists; no legend overlaps an
-    axes (legends go outside); every reference line (a labelled ``axhline``/``axvline``)
+    axes (legends go outside) or a title; every reference line (a labelled ``axhline``/``axvline``)
     has a label.
     """
     problems = []
@@ -334,6 +334,10 @@ def figure_problems(fig: Any) -> list[str]:
         for ab in axes_boxes:
             if box.overlaps(ab) and not _inside_empty(box, ab):
                 problems.append("a legend overlaps an axes")
+                break
+        for title in (ax.title for ax in fig.axes):
+            if title.get_text() and box.overlaps(title.get_window_extent(renderer)):
+                problems.append(f"a legend overlaps the title {title.get_text()!r}")
                 break
     return problems
 

@@ -154,3 +154,18 @@ def test_log_axis_over_many_decades_keeps_only_powers_of_ten():
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
     assert labels and not any(lab.lstrip("0.").startswith(("2", "5")) for lab in labels), labels
     matplotlib.pyplot.close(fig)
+
+
+def test_a_legend_over_a_title_is_a_problem():
+    # a long title runs past the axes' right edge, where an outside legend sits
+    fig, (ax,) = plotting.figure(width=4.0, height=3.0)
+    for k in range(6):
+        ax.plot([0, 1], [k, k + 1], label=f"a rather long curve label {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("value")
+    ax.set_title("a title long enough to run past the right edge of the axes, and more")
+    plotting.place_legend(fig)
+    assert any("legend overlaps the title" in p for p in plotting.figure_problems(fig))
+    fig.legends.clear()
+    plotting.place_legend(fig, loc="outside lower center")
+    assert plotting.figure_problems(fig) == []

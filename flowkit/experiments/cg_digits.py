@@ -162,7 +162,7 @@ def figure(results: dict[str, dict[str, list[dict]]], summary: dict, real_fd: fl
     """FD against iterations at each method's best lr, min-max band over seeds."""
     from flowkit import plotting
 
-    fig, (ax,) = plotting.figure(width=5.2, height=3.0)
+    fig, (ax,) = plotting.figure(width=5.2, height=4.6)
     plotting.log_axis(ax)
     curves = {}
     for name, by_lr in results.items():
@@ -175,7 +175,8 @@ def figure(results: dict[str, dict[str, list[dict]]], summary: dict, real_fd: fl
     ax.set_xlabel("iteration (one D step + one G step)")
     ax.set_ylabel("FD to held-out digits")
     ax.set_title("DCGAN on 8x8 digits: best lr per method, min-max band over seeds")
-    plotting.place_legend(fig)
+    # below the axes: on the right, ten labels ran over the long title
+    plotting.place_legend(fig, loc="outside lower center", ncols=2)
     return fig
 
 
