@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import pytest
@@ -96,3 +97,18 @@ def test_toy_bad_settings():
         toy.toy_config("8gaussians", critic_steps=3, monitor_every=1)
     with pytest.raises(ValueError, match="setting"):
         toy.toy_config("8gaussians", width=3)
+
+
+@pytest.mark.slow  # a fresh interpreter: the leak is reported only when it exits
+def test_the_second_process_leaves_nothing_behind():
+    import subprocess
+    import sys
+
+    code = ("from flowkit.experiments import toy\n"
+            "cfg = toy.toy_config('8gaussians', quick=True, outer_steps=1, critic_steps=2,"
+            " hidden=8, fresh_factor=1)\n"
+            "toy.run_toy(cfg, parallel=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert done.returncode == 0, done.stderr
+    assert "leaked" not in done.stderr, done.stderr

@@ -163,13 +163,26 @@ def run_toy(cfg: ToyConfig, *, progress: bool = False, history_dir: str | None =
 
 
 def _side_process(stack: contextlib.ExitStack) -> Any:
-    """A pool of one spawned worker, terminated when ``stack`` closes (also on errors).
+    """A pool of one spawned worker, shut down when ``stack`` closes (also on errors).
 
     Spawned, not forked: a fork of a process whose OpenMP threads are running can hang.
+    On a normal exit the pool is closed and joined: ``Pool.__exit__`` only terminates it,
+    which leaves its semaphore for the resource tracker to report as leaked.
     """
     import multiprocessing
 
-    return stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
+    pool = multiprocessing.get_context("spawn").Pool(1)
+
+    def shut_down(kind: type | None, *_: object) -> None:
+        if kind is None:
+            pool.close()
+            pool.join()
+        else:
+            pool.terminate()
+            pool.join()
+
+    stack.push(shut_down)
+    return pool
 
 
 def _algorithms_1_and_2(cfg: ToyConfig, data: Tensor, reference: Tensor, progress: bool,
