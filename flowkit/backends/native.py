@@ -138,14 +138,20 @@ class NativeLibrary:
         self.lib.fk_scaled_exp(_pointer(a, "a", (a.numel(),) if a.dim() == 1 else a.shape),
                                a.numel(), float(s))
 
-    def gauss_reduce(self, xs: Tensor, yt: Tensor, vt: Tensor, out: Tensor, r0: int, r1: int
-                     ) -> None:
-        """``out[i] += sum_j exp(-|xs_i - ys_j|^2) vt[:, j]`` for ``r0 <= i < r1``."""
+    def _check_sizes(self, entry: str, xs: Tensor, vt: Tensor, r0: int, r1: int
+                     ) -> tuple[int, int, int, int]:
+        """``(n, d, k, m)`` of a fused entry point's call, refused outside the C limits."""
         n, d = xs.shape
         k, mp = vt.shape
         if d > self.dmax or k > self.kmax or mp % 8 or not 0 <= r0 <= r1 <= n:
-            raise ValueError(f"gauss_reduce: unsupported sizes d={d}, k={k}, m={mp}, "
+            raise ValueError(f"{entry}: unsupported sizes d={d}, k={k}, m={mp}, "
                              f"rows [{r0}, {r1}) of {n}")
+        return n, d, k, mp
+
+    def gauss_reduce(self, xs: Tensor, yt: Tensor, vt: Tensor, out: Tensor, r0: int, r1: int
+                     ) -> None:
+        """``out[i] += sum_j exp(-|xs_i - ys_j|^2) vt[:, j]`` for ``r0 <= i < r1``."""
+        n, d, k, mp = self._check_sizes("gauss_reduce", xs, vt, r0, r1)
         self.lib.fk_gauss_reduce(_pointer(xs, "xs", (n, d)), _pointer(yt, "yt", (d, mp)),
                                  _pointer(vt, "vt", (k, mp)), _pointer(out, "out", (n, k)),
                                  r0, r1, mp, d, k)
@@ -191,11 +197,7 @@ class NativeLibrary:
                 out: Tensor, r0: int, r1: int) -> None:
         """``lse[i] = log sum_j exp(h_j - |xs_i - ys_j|^2)`` and ``out[i]`` the softmax
         average of ``vt``'s columns, for ``r0 <= i < r1`` (``vt`` may have 0 rows)."""
-        n, d = xs.shape
-        k, mp = vt.shape
-        if d > self.dmax or k > self.kmax or mp % 8 or not 0 <= r0 <= r1 <= n:
-            raise ValueError(f"softmin: unsupported sizes d={d}, k={k}, m={mp}, "
-                             f"rows [{r0}, {r1}) of {n}")
+        n, d, k, mp = self._check_sizes("softmin", xs, vt, r0, r1)
         self.lib.fk_softmin(_pointer(xs, "xs", (n, d)), _pointer(yt, "yt", (d, mp)),
                             _pointer(h, "h", (mp,)), _pointer(vt, "vt", (k, mp)),
                             _pointer(lse, "lse", (n,)), _pointer(out, "out", (n, k)),
