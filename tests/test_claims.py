@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from docs_examples import examples
 
 from flowkit.claims import REGISTRY, Outcome, claims, run_claims
 from flowkit.claims.report import DOCS_HEADER
@@ -133,7 +134,6 @@ def test_full_verify_holds_every_asserted_verdict_and_matches_the_docs(tmp_path,
 
 
 def test_the_pages_python_example_prints_its_output(capsys):
-    text = (DOCS / "verify.md").read_text()
-    code, output = re.search(r"```python\n(.*?)```\n+Output:\n+```\n(.*?)```", text, re.S).groups()
+    code, output = examples("verify.md")[0]
     exec(compile(code, "verify.md", "exec"), {"__name__": "__docs__"})
     assert capsys.readouterr().out == output

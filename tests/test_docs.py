@@ -1,33 +1,19 @@
 """The docs' runnable examples run, and print what the docs say they print."""
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import pytest
+from docs_examples import check_page, examples
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # pages whose examples are cheap enough for the test suite
 PAGES = ["custom_objective.md", "quickstart.md", "algorithm1.md"]
 
 
-def _examples(page):
-    text = (DOCS / page).read_text()
-    # a code block followed by its Output block; blocks without one are skipped
-    block = r"((?:(?!```).)*?)"
-    return re.findall(rf"```python\n{block}```\n+Output:\n+```\n{block}```", text, re.S)
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_doc_examples_print_their_documented_output(page):
-    examples = _examples(page)
-    assert examples, f"{page} has no runnable example with an Output block"
-    for code, expected in examples:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(code, page, "exec"), {"__name__": "__doc_example__"})
-        assert out.getvalue().strip() == expected.strip()
+    check_page(page)
 
 
 def test_custom_objective_matches_the_closed_form_mmd_gradient():
@@ -35,7 +21,7 @@ def test_custom_objective_matches_the_closed_form_mmd_gradient():
 
     import flowkit as fk
 
-    code, _ = _examples("custom_objective.md")[0]
+    code, _ = examples("custom_objective.md")[0]
     ns: dict = {"__name__": "__doc_example__"}
     exec(compile(code.split("data = ")[0], "custom_objective.md", "exec"), ns)
     y = torch.randn(20, 2, dtype=torch.float64)

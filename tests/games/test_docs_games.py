@@ -1,19 +1,7 @@
 """docs/games.md: its runnable examples print what the page says they print."""
 
-import contextlib
-import io
-import re
-from pathlib import Path
-
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "games.md"
+from docs_examples import check_page
 
 
 def test_games_page_examples_print_their_documented_output():
-    text = PAGE.read_text()
-    examples = re.findall(r"```python\n(.*?)```\n+Output:\n+```\n(.*?)```", text, re.S)
-    assert len(examples) >= 2, "docs/games.md lost its runnable examples"
-    for code, expected in examples:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(code, str(PAGE), "exec"), {"__name__": "__doc_example__"})
-        assert out.getvalue().strip() == expected.strip()
+    check_page("games.md", at_least=2)
