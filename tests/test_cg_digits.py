@@ -39,13 +39,114 @@ def test_all_rules_in_the_full_sweep():
     assert all(len(v) >= 3 for v in cg_digits.LRS.values())
 
 
-def test_quick_run(tmp_path, capsys):
-    assert cli.main(["reproduce", "cg-digits", "--quick", "--out", str(tmp_path),
-                     "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+
+
+def _tiny(**kw):
+    """Settings of a run that takes well under a second."""
+    import argparse
+
+    base = dict(iters=6, eval_every=3, lr_rule="constant", batch=16, latent_dim=8, width=8,
+                n_eval=50, seeds=1, seed=0, quick=True, threads=1)
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    from flowkit.metrics import DigitsMetrics
+
+    return DigitsMetrics()
+
+
+def test_a_diverging_run_stops_and_says_so(metrics):
+    # a step this large sends the parameters to inf / nan within a few iterations
+    r = cg_digits.train({"kind": "sgd"}, 1e30, 0, _tiny(iters=30, eval_every=10),
+                        metrics.split.train_images, metrics)
+    assert r["diverged_at"] is not None and 1 <= r["diverged_at"] <= 30
+    assert r["iters"] == [0, 10, 20, 30]  # the evaluations it did not reach, recorded as inf
+    assert all(v == float("inf") for v, it in zip(r["FD"], r["iters"], strict=True)
+               if it >= r["diverged_at"])
+    assert f"diverged (non-finite parameters) at iteration {r['diverged_at']}" in \
+        cg_digits.status(r)
+    assert cg_digits.notes({"SGD": {1e30: [r]}}) == [
+        f"SGD, lr 1e+30, seed 0: {cg_digits.status(r)}"]
+
+
+def test_a_frozen_generator_is_reported(metrics, monkeypatch):
+    from flowkit.critics import dcgan
+
+    class Flat(dcgan.DCGANCritic):  # a constant critic: the generator gets exactly 0
+        def forward(self, x):
+            return super().forward(x) * 0
+
+    monkeypatch.setattr(dcgan, "DCGANCritic", Flat)
+    r = cg_digits.train({"kind": "sgd"}, 0.01, 0, _tiny(), metrics.split.train_images, metrics)
+    assert r["diverged_at"] is None and r["zero_grad_from"] == 1
+    assert "generator gradient exactly 0 from iteration 1" in cg_digits.status(r)
+    monkeypatch.undo()  # the real critic: gradient, no report
+    r = cg_digits.train({"kind": "sgd"}, 0.01, 0, _tiny(), metrics.split.train_images, metrics)
+    assert r["diverged_at"] is None and r["zero_grad_from"] is None and cg_digits.notes(
+        {"SGD": {0.01: [r]}}) == []
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``--quick`` in this process: the run folder and what it printed."""
+    import contextlib
+    import io
+
+    out, printed = tmp_path_factory.mktemp("quick"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["reproduce", "cg-digits", "--quick", "--workers", "1", "--out",
+                         str(out), "--no-progress"]) == 0
+    (run,) = out.iterdir()
+    return run, printed.getvalue()
+
+
+def _numbers(run) -> dict:
+    """results.json without the timings."""
+    res = json.loads((run / "results.json").read_text())
+    del res["total_wall_time"], res["total_cpu_time"]
+    for by_lr in res["runs"].values():
+        for runs in by_lr.values():
+            for r in runs:
+                del r["wall_time"], r["cpu_time"]
+    return res
+
+
+def test_quick_run(quick_run):
+    run, printed = quick_run
     assert "Claim 1" in printed and "Claim 2" in printed and "real vs real" in printed
-    (run,) = tmp_path.iterdir()
     assert {"config.json", "results.json", "table.md", "fd.png"} <= {p.name for p in
                                                                      run.iterdir()}
     res = json.loads((run / "results.json").read_text())
     assert set(res["summary"]) == set(cg_digits.methods(quick=True))
+    assert json.loads((run / "config.json").read_text())["config"]["workers"] == 1
+
+
+@pytest.mark.slow  # a fresh interpreter: a leaked semaphore is reported only when it exits
+def test_two_workers_give_the_same_numbers_and_leave_nothing_behind(quick_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "flowkit", "reproduce", "cg-digits",
+                           "--quick", "--workers", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert done.returncode == 0, done.stderr
+    assert "leaked" not in done.stderr, done.stderr
+    assert "5/5" in done.stderr  # the progress bar counted every run
+    (run,) = tmp_path.iterdir()
+    assert _numbers(run) == _numbers(quick_run[0])  # bit for bit
+
+
+@pytest.mark.slow  # starts two processes
+def test_an_error_in_a_worker_names_the_run(metrics):
+    from flowkit.experiments._common import map_in_processes
+
+    typo = {"kind": "sgd", "momentun": 0.5}
+    with pytest.raises(RuntimeError, match=r"cg-digits run \(typo, lr 0\.02, seed [01]\) "
+                                           r"failed: TypeError: .*momentun"):
+        map_in_processes(cg_digits.run_job, [("typo", typo, 0.02, 0), ("typo", typo, 0.02, 1)],
+                         2, threads=1, initializer=cg_digits._share,
+                         initargs=(_tiny(), metrics.split.train_images, metrics))

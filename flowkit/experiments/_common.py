@@ -35,7 +35,7 @@ import torch
 from flowkit.validation import check_int, check_number
 
 __all__ = ["add_common", "integer", "number", "device", "check_common", "launch",
-           "git_state"]
+           "git_state", "usable_cores", "map_in_processes"]
 
 
 def integer(minimum: int = 1) -> Callable[[str], int]:
@@ -220,3 +220,91 @@ def launch(module: ModuleType, args: argparse.Namespace,
         module.run(args, folder)
     return folder
 
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity mask
+        return os.cpu_count() or 1
+
+
+def _start_worker(threads: int | None, initializer: Callable[..., None] | None,
+                  initargs: tuple) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _indexed(function: Callable[[Any], Any], job: tuple[int, Any]) -> tuple[int, Any]:
+    return job[0], function(job[1])
+
+
+def map_in_processes(function: Callable[[Any], Any], items: list, workers: int, *,
+                     threads: int | None = None,
+                     initializer: Callable[..., None] | None = None, initargs: tuple = (),
+                     on_result: Callable[[Any, Any], None] | None = None) -> list:
+    """``[function(item) for item in items]``, spread over ``workers`` processes.
+
+    The results come back in the order of ``items`` whatever order the processes finish
+    in, so a job whose every random stream is seeded gives the same numbers as in a
+    single process (bit for bit at equal thread counts). ``workers == 1`` runs in this
+    process, after ``initializer(*initargs)``.
+
+    The processes are spawned, not forked: a fork of a process whose OpenMP threads are
+    running can hang. Each starts with ``threads`` torch threads, then runs
+    ``initializer(*initargs)`` once (hand it the large inputs the jobs share, so that they
+    are sent once per process and not once per job). ``function`` and ``initializer``
+    must be importable module-level functions. On a normal exit the pool is closed and
+    joined (``Pool.__exit__`` only terminates it, which leaves its semaphore for the
+    resource tracker to report as leaked); on an error, including one raised by a job,
+    it is terminated and joined, and the error propagates.
+
+    Parameters
+    ----------
+    function : callable
+        Applied to each item; errors should name the item (this function cannot).
+    items : list
+        The jobs, picklable.
+    workers : int
+        Number of processes, ``>= 1``; more than ``len(items)`` are not started.
+    threads : int, optional
+        torch threads in each spawned process (default: torch's choice).
+    initializer, initargs
+        Run once in each process before its first job.
+    on_result : callable, optional
+        Called in this process as ``on_result(item, result)`` when a job finishes (in
+        the order they finish): progress reports.
+    """
+    import functools
+    import multiprocessing
+
+    workers = check_int(workers, "workers", minimum=1)
+    results: list = [None] * len(items)
+
+    def done(i: int, result: Any) -> None:
+        results[i] = result
+        if on_result is not None:
+            on_result(items[i], result)
+
+    if workers == 1 or len(items) <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for i, item in enumerate(items):
+            done(i, function(item))
+        return results
+    pool = multiprocessing.get_context("spawn").Pool(
+        min(workers, len(items)), _start_worker, (threads, initializer, initargs))
+    try:
+        for i, result in pool.imap_unordered(functools.partial(_indexed, function),
+                                             list(enumerate(items))):
+            done(i, result)
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return results

@@ -14,7 +14,11 @@ against the held-out digits every ``--eval-every`` iterations.
 Per run the *best* FD over the evaluations is kept. Per method: "best" = the lowest over
 learning rates and seeds (the paper's top-1); "mean" = at the learning rate with the lowest
 seed-mean, the mean and standard deviation over seeds (our stand-in for the paper's top-10
-mean). Writes ``config.json``, ``results.json``, ``table.md`` and ``fd.png`` / ``fd.pdf``.
+mean). The runs are independent and each seeds its own random streams, so ``--workers``
+processes (default: one per usable core, one torch thread each) run them in parallel with
+the same numbers as one process. A run whose parameters become non-finite stops and is
+reported as diverged; one whose generator receives an exactly zero gradient to the end is
+reported too. Writes ``config.json``, ``results.json``, ``table.md`` and ``fd.png`` / ``fd.pdf``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowkit.experiments._common import integer, launch
+from flowkit.experiments._common import integer, launch, usable_cores
 from flowkit.experiments.cg import make_optimizer
 
 NAME = "cg-digits"
@@ -53,7 +57,15 @@ def methods(quick: bool = False) -> dict[str, dict[str, Any]]:
 
 def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torch.Tensor,
           metrics) -> dict[str, Any]:
-    """One non-saturating GAN run; FD and IS on fixed latents every ``eval_every``."""
+    """One non-saturating GAN run; FD and IS on fixed latents every ``eval_every``.
+
+    A run whose parameters become non-finite has diverged: it stops there, records
+    ``diverged_at`` (the iteration) and an infinite FD (IS ``nan``) at the evaluations
+    it did not reach. ``zero_grad_from`` is the first iteration of the final stretch over
+    which the generator's gradient was exactly 0 at every iteration (None when it was not
+    0 at the last one): a saturated discriminator, under which the generator stops
+    learning and its FD freezes.
+    """
     from flowkit.critics.dcgan import DCGANCritic
     from flowkit.experiments.digits import samples
     from flowkit.games import TwoPlayerOptimizer, lr_schedule
@@ -69,13 +81,21 @@ def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torc
     schedules = [lr_schedule(o, args.lr_rule) for o in (opt_g, opt_d)]
     opt = TwoPlayerOptimizer(opt_g, opt_d, mode="alternating", first="max")
     softplus = nn.functional.softplus  # BCE with logits: -log sigmoid(t) = softplus(-t)
+    calls = 0
 
     def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal calls
+        # Alternating, discriminator first: the odd calls feed the D step, the even ones the
+        # G step, which reads loss_g only. D(real) is skipped there (D has no batch norm,
+        # so nothing else changes); the real batch is still drawn, to keep the stream.
+        d_step, calls = calls % 2 == 0, calls + 1
         real = data[torch.randint(len(data), (args.batch,), generator=g)]
         fake = G(torch.randn(args.batch, args.latent_dim, generator=g))
         d_fake = D(fake)
-        loss_d = softplus(-D(real)).mean() + softplus(d_fake).mean()
-        return softplus(-d_fake).mean(), loss_d
+        loss_g = softplus(-d_fake).mean()
+        if not d_step:
+            return loss_g, loss_g.new_zeros(())
+        return loss_g, softplus(-D(real)).mean() + softplus(d_fake).mean()
 
     def evaluate() -> dict[str, float]:
         x = samples(G, z_eval)
@@ -87,19 +107,35 @@ def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torc
     m = evaluate()
     fd.append(m["FD"])
     is_.append(m["IS"])
-    start = time.perf_counter()
+    params = [*G.parameters(), *D.parameters()]
+    diverged_at = zero_grad_from = None
+    start, cpu_start = time.perf_counter(), time.process_time()
     for it in range(1, args.iters + 1):
         opt.step(losses)
         for s in schedules:
             s.step()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            diverged_at = it
+            break
+        if any(p.grad is not None and bool(p.grad.any()) for p in G.parameters()):
+            zero_grad_from = None
+        elif zero_grad_from is None:
+            zero_grad_from = it
         if it % args.eval_every == 0 or it == args.iters:
             m = evaluate()
             iters.append(it)
             fd.append(m["FD"])
             is_.append(m["IS"])
+    if diverged_at is not None:  # the evaluations it did not reach, so that curves align
+        iters += [it for it in range(diverged_at, args.iters + 1)
+                  if it % args.eval_every == 0 or it == args.iters]
+        fd += [float("inf")] * (len(iters) - len(fd))
+        is_ += [float("nan")] * (len(iters) - len(is_))
+        zero_grad_from = None
     finite = [v for v in fd if v == v and v != float("inf")]
     return {"iters": iters, "FD": fd, "IS": is_, "best_FD": min(finite, default=float("inf")),
-            "wall_time": time.perf_counter() - start}
+            "seed": seed, "diverged_at": diverged_at, "zero_grad_from": zero_grad_from,
+            "wall_time": time.perf_counter() - start, "cpu_time": time.process_time() - cpu_start}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -192,6 +228,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=integer(1), default=32,
                         help="DCGAN width (both networks)")
     parser.add_argument("--n-eval", type=integer(2), default=1000, help="samples per FD")
+    parser.add_argument("--workers", type=integer(1), default=None,
+                        help="processes running the independent runs in parallel, each with "
+                             "--threads torch threads (default: the usable cores); the "
+                             "results do not depend on it")
 
 
 def configure(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,12 +244,100 @@ def configure(args: argparse.Namespace) -> dict[str, Any]:
         args.n_eval, args.width = min(args.n_eval, 200), min(args.width, 16)
     if args.threads is None:
         args.threads = 1  # small convolutions: one thread is the fastest
+    if args.workers is None:  # one process per core: the runs are independent
+        args.workers = max(1, usable_cores() // args.threads)
     return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
 def main(args: argparse.Namespace):
     """Run the experiment with parsed arguments (what the command line does)."""
     return launch(sys.modules[__name__], args)
+
+
+Job = tuple[str, dict, float, int]  # (method, optimiser spec, lr, seed)
+
+
+def sweep_jobs(args: argparse.Namespace) -> list[Job]:
+    """Every run of the sweep, in the order of the table: method, lr, seed."""
+    jobs = []
+    for name, spec in methods(args.quick).items():
+        lrs = LRS["adam" if spec["kind"] == "adam" else "sgd"]
+        for lr in lrs[1:2] if args.quick else lrs:
+            jobs += [(name, spec, lr, args.seed + i) for i in range(args.seeds)]
+    return jobs
+
+
+def describe(job: Job) -> str:
+    """``"CG-DY, lr 0.01, seed 1"``: how messages name a run."""
+    name, _, lr, seed = job
+    return f"{name}, lr {lr:g}, seed {seed}"
+
+
+_TRAIN_OPTIONS = ("iters", "eval_every", "lr_rule", "batch", "latent_dim", "width", "n_eval")
+_SHARED: dict[str, Any] = {}  # what every run of a process reads: options, data, metrics
+
+
+def _share(args: argparse.Namespace, data: torch.Tensor, metrics) -> None:
+    _SHARED.update(args=args, data=data, metrics=metrics)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One run of the sweep with the inputs :func:`_share` set in this process; an error
+    names the run."""
+    name, spec, lr, seed = job
+    try:
+        return train(spec, lr, seed, _SHARED["args"], _SHARED["data"], _SHARED["metrics"])
+    except Exception as err:
+        raise RuntimeError(f"cg-digits run ({describe(job)}) failed: "
+                           f"{type(err).__name__}: {err}") from err
+
+
+def status(result: dict[str, Any]) -> str:
+    """How a run ended, in words: its best FD, and whether it diverged or froze."""
+    text = f"best FD {result['best_FD']:.2f}"
+    if result["diverged_at"] is not None:
+        text += f"; diverged (non-finite parameters) at iteration {result['diverged_at']}, " \
+                "stopped there"
+    elif result["zero_grad_from"] is not None:
+        text += f"; generator gradient exactly 0 from iteration {result['zero_grad_from']}"
+    return text
+
+
+def sweep(args: argparse.Namespace, data: torch.Tensor, metrics, workers: int = 1,
+          progress: bool = False) -> dict[str, dict[float, list[dict]]]:
+    """Every run of :func:`sweep_jobs`, over ``workers`` processes; method -> lr -> runs
+    (one per seed). Each run seeds all its random streams, so the results do not depend on
+    ``workers`` (bit for bit: every process has ``args.threads`` torch threads)."""
+    from tqdm.auto import tqdm
+
+    from flowkit.experiments._common import map_in_processes
+
+    jobs = sweep_jobs(args)
+    bar = tqdm(total=len(jobs), disable=not progress, desc=NAME, file=sys.stderr)
+
+    def tick(job: Job, result: dict[str, Any]) -> None:
+        bar.set_postfix_str(f"{describe(job)}: {status(result)}", refresh=False)
+        bar.update(1)
+
+    # what train() reads, alone: the parsed options also hold the command-line handler
+    settings = argparse.Namespace(**{k: getattr(args, k) for k in _TRAIN_OPTIONS})
+    try:
+        runs = map_in_processes(run_job, jobs, workers, threads=args.threads,
+                                initializer=_share, initargs=(settings, data, metrics),
+                                on_result=tick)
+    finally:
+        bar.close()
+    results: dict[str, dict[float, list[dict]]] = {}
+    for (name, _, lr, _), result in zip(jobs, runs, strict=True):
+        results.setdefault(name, {}).setdefault(lr, []).append(result)
+    return results
+
+
+def notes(results: dict[str, dict[float, list[dict]]]) -> list[str]:
+    """One line per run that diverged or whose generator stopped receiving gradient."""
+    return [f"{name}, lr {lr:g}, seed {r['seed']}: {status(r)}"
+            for name, by_lr in results.items() for lr, runs in by_lr.items() for r in runs
+            if r["diverged_at"] is not None or r["zero_grad_from"] is not None]
 
 
 def run(args: argparse.Namespace, folder) -> None:
@@ -220,27 +348,25 @@ def run(args: argparse.Namespace, folder) -> None:
     metrics = DigitsMetrics()
     data = metrics.split.train_images
     real_fd = metrics.real_vs_real()["FD"]
-    results: dict[str, dict[str, list[dict]]] = {}
-    for name, spec in methods(args.quick).items():
-        lrs = LRS["adam" if spec["kind"] == "adam" else "sgd"]
-        lrs = lrs[1:2] if args.quick else lrs
-        results[name] = {lr: [train(spec, lr, args.seed + i, args, data, metrics)
-                              for i in range(args.seeds)] for lr in lrs}
-        if not args.no_progress:
-            best = min(r["best_FD"] for runs in results[name].values() for r in runs)
-            print(f"  {name}: best FD {best:.2f}", flush=True)
+    results = sweep(args, data, metrics, args.workers, progress=not args.no_progress)
     summary = summarize(results)
     lines = verdicts(summary)
     wall = time.perf_counter() - t_start
+    cpu = sum(r["cpu_time"] for by_lr in results.values() for runs in by_lr.values()
+              for r in runs)
+    odd = notes(results)
     text = "\n".join([format_table(summary, real_fd), "", *lines, "",
+                      *(["Runs that diverged or froze:", *odd, ""]
+                        if odd else []),
                       f"{len(results)} methods x {len(next(iter(results.values())))} lrs x "
                       f"{args.seeds} seeds x {args.iters} iterations ({args.lr_rule} lr); "
-                      f"wall time {wall:.1f} s"])
+                      f"wall time {wall:.1f} s with {args.workers} worker process(es); "
+                      f"CPU time of the runs {cpu:.1f} s"])
     print(text)
     folder.file("table.md").write_text(text + "\n", encoding="utf-8")
     folder.write_json("results.json", {"summary": summary, "verdicts": lines,
-                                       "real_FD": real_fd,
+                                       "real_FD": real_fd, "notes": odd,
                                        "runs": {k: {str(lr): v for lr, v in by.items()}
                                                 for k, by in results.items()},
-                                       "total_wall_time": wall})
+                                       "total_wall_time": wall, "total_cpu_time": cpu})
     save_figure(figure(results, summary, real_fd), folder, "fd")
