@@ -150,3 +150,20 @@ def test_an_error_in_a_worker_names_the_run(metrics):
         map_in_processes(cg_digits.run_job, [("typo", typo, 0.02, 0), ("typo", typo, 0.02, 1)],
                          2, threads=1, initializer=cg_digits._share,
                          initargs=(_tiny(), metrics.split.train_images, metrics))
+
+
+def test_default_workers():
+    import argparse
+
+    from flowkit.experiments._common import usable_cores
+
+    def workers(**kw):
+        args = argparse.Namespace(**{**dict(device="cpu", quick=False, threads=None,
+                                            workers=None, iters=1000, n_eval=1000,
+                                            width=32), **kw})
+        cg_digits.configure(args)
+        return args.workers
+
+    assert workers() == usable_cores()  # one process per core, one thread each
+    assert workers(threads=2) == max(1, usable_cores() // 2)
+    assert workers(quick=True) == 1 and workers(workers=3) == 3
