@@ -277,6 +277,11 @@ def map_in_processes(function: Callable[[Any], Any], items: list, workers: int, 
     on_result : callable, optional
         Called in this process as ``on_result(item, result)`` when a job finishes (in
         the order they finish): progress reports.
+
+    Returns
+    -------
+    list
+        ``function(item)`` for each item, in the order of ``items``.
     """
     import functools
     import multiprocessing
