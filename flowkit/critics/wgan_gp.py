@@ -260,7 +260,7 @@ def penalized_loss_gradients(net: MLP, x: Tensor, points: Tensor, n_fake: int, k
         g_i = \nabla_x f(\tilde x_i) = W_1^\top S_1 W_2^\top S_2 \cdots S_{L-1} W_L^\top
 
     (Nitanda & Suzuki 2018 [NS18], Algorithm 1, inner loop; the penalty of Gulrajani et al.
-    2017 [GAAD17]). Since :math:`\sigma'` is piecewise constant, :math:`g_i` is linear in
+    2017 [GulrajaniEtAl17]). Since :math:`\sigma'` is piecewise constant, :math:`g_i` is linear in
     each :math:`W_l` and does not depend on the biases, so with :math:`u_l = W_{l+1}^\top
     \cdots` the row vectors of the chain, the gradient of the penalty in :math:`W_l` is
     :math:`u_l^\top v_l` (:math:`v_l` the back-propagated :math:`\partial R / \partial g`),
