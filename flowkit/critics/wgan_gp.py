@@ -37,6 +37,7 @@ __all__ = ["WGANGPCritic", "CriticPotential", "critic_values"]
 #: linear in each weight matrix, which is what the explicit backward of the step relies on.
 PIECEWISE_LINEAR = ("relu", "leaky_relu")
 
+
 def critic_values(net: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``net(x)`` as a ``(B,)`` tensor; a ``(B, 1)`` output is accepted and flattened."""
     out = net(x)
