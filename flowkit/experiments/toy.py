@@ -19,7 +19,9 @@ same critic configuration and initial weights, n_critic = 5) for the same number
 steps :math:`T T_0`, and tabulates W2 against critic steps for both. Algorithm 2 is
 checked on ``10 x`` fresh base samples. On a CPU the command runs the baseline in a second
 process at the same time as Algorithm 1 (``--sequential``: after it, in one process); every
-random stream is seeded, so both ways give the same numbers.
+random stream is seeded, so both ways give the same numbers. Both critics take their
+steps with :class:`flowkit.critics.WGANGPCritic`'s ``explicit_backward`` (the gradient
+written out; ``--autograd-backward``: autograd's, the same up to rounding).
 
 Writes ``config.json``, ``results.json``, ``table.md``, ``figure2`` (steps 0, 25, 50, 100
 over the data), ``wgangp`` (the baseline at the same critic steps) and ``w2``, each figure
