@@ -4,7 +4,9 @@ Measures, on 8 gaussians with the paper's critic (4 layers, batch 50, T_0 = 50):
 
 1. the wall time of one WGAN-GP critic step (width 128 and 512, on one thread and on all
    cores), with the default MLP's explicit input gradients and, side by side, with the
-   same network behind autograd's double backward (``create_graph=True``);
+   same network behind autograd's double backward (``create_graph=True``) and with the
+   whole step's gradient written out (``explicit_backward=True``, what ``flowkit reproduce
+   toy`` uses); the three alternate in the same run, best of the repeats;
 2. Algorithm 1 for ``T`` outer steps in ``mode="pool"`` and ``mode="paper"``: time per outer
    step (first and last few, since paper mode grows linearly with the number of layers)
    and per critic step;
@@ -14,6 +16,7 @@ Prints a table and writes ``benchmarks/results/toy_alg1.json``::
 
     python benchmarks/toy_alg1.py              # T = 30 outer steps, one thread
     python benchmarks/toy_alg1.py --quick      # a smoke run
+    python benchmarks/toy_alg1.py --critic-step-only   # item 1 only (a minute)
 """
 
 from __future__ import annotations
@@ -50,24 +53,36 @@ class _PlainModule(torch.nn.Module):
         return self.net(x)
 
 
-def critic_step_time(hidden: int, steps: int, explicit: bool = True, threads: int = 1,
-                     repeats: int = 3) -> float:
-    """Seconds per critic step (pool sampling), best of ``repeats`` after a warm-up."""
+def critic_step_times(hidden: int, steps: int, threads: int = 1, repeats: int = 3
+                      ) -> dict[str, float]:
+    """Seconds per critic step (pool sampling, 8-gaussians data) of each path.
+
+    ``explicit``: the MLP's explicit input gradient, autograd for the rest; ``autograd``: the
+    same network behind autograd's double backward; ``explicit_backward``: the whole step's
+    gradient by hand. Best of ``repeats`` after a warm-up, the paths alternating; also the
+    CPU time per step of each (``*_cpu``), less sensitive to other jobs than the wall time.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         data = _data()
         pool = 0.5 * torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
-        net = fk.nn.MLP(2, None, hidden, 4, generator=torch.Generator().manual_seed(0))
-        critic = fk.critics.WGANGPCritic(net=net if explicit else _PlainModule(net),
-                                         steps=steps, seed=0)
-        critic.train(pool, data, 10)
-        best = float("inf")
+        critics = {}
+        for name in ("explicit", "autograd", "explicit_backward"):
+            net = fk.nn.MLP(2, None, hidden, 4, generator=torch.Generator().manual_seed(0))
+            critics[name] = fk.critics.WGANGPCritic(
+                net=_PlainModule(net) if name == "autograd" else net, steps=steps, seed=0,
+                explicit_backward=name == "explicit_backward")
+            critics[name].train(pool, data, 10)
+        best = {name: float("inf") for name in critics}
+        best_cpu = dict(best)
         for _ in range(repeats):
-            start = time.perf_counter()
-            critic.train(pool, data)
-            best = min(best, (time.perf_counter() - start) / steps)
-        return best
+            for name, critic in critics.items():
+                start, cpu = time.perf_counter(), time.process_time()
+                critic.train(pool, data)
+                best[name] = min(best[name], (time.perf_counter() - start) / steps)
+                best_cpu[name] = min(best_cpu[name], (time.process_time() - cpu) / steps)
+        return {**best, **{f"{name}_cpu": t for name, t in best_cpu.items()}}
     finally:
         torch.set_num_threads(previous)
 
@@ -118,6 +133,8 @@ def main() -> None:
     parser.add_argument("--critic-steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--critic-step-only", action="store_true",
+                        help="measure the critic step only (item 1)")
     parser.add_argument("--out", default=str(RESULTS / "toy_alg1.json"))
     args = parser.parse_args()
     cores = torch.get_num_threads()  # torch's default: all cores
@@ -126,22 +143,31 @@ def main() -> None:
     t0 = 10 if args.quick else args.critic_steps
     steps = 20 if args.quick else 100
 
-    step_rows = [{"hidden": h, "threads": th,
-                  "explicit": critic_step_time(h, steps, True, th),
-                  "autograd": critic_step_time(h, steps, False, th)}
+    load_before = os.getloadavg()[0]
+    step_rows = [{"hidden": h, "threads": th, **critic_step_times(h, steps, th)}
                  for h in (128, 512) for th in sorted({1, cores})]
-    runs = [algorithm1_times(mode, outer, t0, 128) for mode in ("pool", "paper")]
-    gen = {h: algorithm2_cost(h, 4 if args.quick else 20, 10_000, 1 if args.quick else 3)
-           for h in (128, 512)}
+    load_after = os.getloadavg()[0]
+    only = args.critic_step_only
+    runs = [] if only else [algorithm1_times(mode, outer, t0, 128) for mode in ("pool", "paper")]
+    gen = {} if only else {h: algorithm2_cost(h, 4 if args.quick else 20, 10_000,
+                                              1 if args.quick else 3) for h in (128, 512)}
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print("\ncritic step (batch 50, one-sided penalty, 4 layers), ms, best of 3:")
-    print("| width | threads | explicit input gradient | autograd double backward | ratio |")
-    print("|---:|---:|---:|---:|---:|")
+    print(f"\ncritic step (batch 50, one-sided penalty, 4 layers), ms wall (CPU), best of 3, "
+          f"load average {load_before:.1f} -> {load_after:.1f}:")
+    print("| width | threads | explicit input gradient | autograd double backward | ratio "
+          "| explicit backward (whole step) | ratio to explicit input gradient |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in step_rows:
-        print(f"| {r['hidden']} | {r['threads']} | {1e3 * r['explicit']:.2f} | "
-              f"{1e3 * r['autograd']:.2f} | {r['autograd'] / r['explicit']:.2f} |")
+        print(f"| {r['hidden']} | {r['threads']} | {1e3 * r['explicit']:.2f} "
+              f"({1e3 * r['explicit_cpu']:.2f}) | {1e3 * r['autograd']:.2f} "
+              f"({1e3 * r['autograd_cpu']:.2f}) | {r['autograd'] / r['explicit']:.2f} | "
+              f"{1e3 * r['explicit_backward']:.2f} ({1e3 * r['explicit_backward_cpu']:.2f}) | "
+              f"{r['explicit'] / r['explicit_backward']:.2f} |")
+    if only:
+        _write(args, step_rows, runs, gen, (load_before, load_after))
+        return
     print(f"\nAlgorithm 1, 8 gaussians, width 128, T = {outer}, T_0 = {t0}:")
     print("| mode | s / outer step (mean) | first steps | last steps | ms / critic step "
           "| total s |")
@@ -154,11 +180,19 @@ def main() -> None:
     for h, t in gen.items():
         print(f"  width {h:>3}: {1e3 * t:7.3f} ms per 1000 samples per layer")
 
+    _write(args, step_rows, runs, gen, (load_before, load_after))
+
+
+def _write(args: argparse.Namespace, step_rows: list, runs: list, gen: dict,
+           load: tuple[float, float]) -> None:
+    flags = [f for f, on in (("--quick", args.quick), ("--critic-step-only",
+                                                      args.critic_step_only)) if on]
     record = {
-        "command": "python benchmarks/toy_alg1.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/toy_alg1.py", *flags]),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "critic_step_explicit_vs_autograd": step_rows,
+        "load_average_during_critic_steps": load,
+        "critic_step_seconds": step_rows,
         "algorithm1": runs,
         "algorithm2_seconds_per_1000_samples_per_layer": {str(h): t for h, t in gen.items()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -57,7 +57,7 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
 
 def _numbers(out: dict) -> dict:
     """Everything ``run_toy`` measured except wall times, with the baseline's history."""
-    timing = {"wall_time", "generation_seconds", "seconds_per_1000_samples_per_layer",
+    timing = {"wall_time", "cpu_time", "generation_seconds", "seconds_per_1000_samples_per_layer",
               "ot_seconds"}
 
     def strip(x):
