@@ -35,7 +35,7 @@ import torch
 from flowkit.validation import check_int, check_number
 
 __all__ = ["add_common", "integer", "number", "device", "check_common", "launch",
-           "git_state", "usable_cores", "map_in_processes"]
+           "git_state", "usable_cores", "map_in_processes", "spawned_pool"]
 
 
 def integer(minimum: int = 1) -> Callable[[str], int]:
@@ -284,7 +284,6 @@ def map_in_processes(function: Callable[[Any], Any], items: list, workers: int, 
         ``function(item)`` for each item, in the order of ``items``.
     """
     import functools
-    import multiprocessing
 
     workers = check_int(workers, "workers", minimum=1)
     results: list = [None] * len(items)
@@ -300,16 +299,36 @@ def map_in_processes(function: Callable[[Any], Any], items: list, workers: int, 
         for i, item in enumerate(items):
             done(i, function(item))
         return results
-    pool = multiprocessing.get_context("spawn").Pool(
-        min(workers, len(items)), _start_worker, (threads, initializer, initargs))
-    try:
+    with spawned_pool(min(workers, len(items)), threads=threads, initializer=initializer,
+                      initargs=initargs) as pool:
         for i, result in pool.imap_unordered(functools.partial(_indexed, function),
                                              list(enumerate(items))):
             done(i, result)
+    return results
+
+
+@contextlib.contextmanager
+def spawned_pool(processes: int, *, threads: int | None = None,
+                 initializer: Callable[..., None] | None = None,
+                 initargs: tuple = ()) -> Iterator[Any]:
+    """A ``multiprocessing`` pool of spawned processes, shut down on leaving the block.
+
+    Spawned, not forked: a fork of a process whose OpenMP threads are running can hang.
+    Each process starts with ``threads`` torch threads, then runs ``initializer(*initargs)``.
+    On a normal exit the pool is closed and joined (``Pool.__exit__`` only terminates it,
+    which leaves its semaphore for the resource tracker to report as leaked); on an error
+    it is terminated and joined, and the error propagates.
+    """
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(
+        check_int(processes, "processes", minimum=1), _start_worker,
+        (threads, initializer, initargs))
+    try:
+        yield pool
     except BaseException:
         pool.terminate()
         pool.join()
         raise
     pool.close()
     pool.join()
-    return results
