@@ -483,8 +483,8 @@ class PointCloud:
 class GridClusters:
     r"""Points grouped by the cells of a regular grid, each cluster contiguous.
 
-    The coarse level of the multiscale Sinkhorn (Schmitzer 2019 [Schmitzer19], sec. 3;
-    Feydy 2020 [Feydy20], sec. 3.3): cluster ``k`` holds the points
+    The coarse level of the multiscale Sinkhorn (Schmitzer 2019 [Schmitzer19], its
+    multi-scale scheme; Feydy 2020 [Feydy20], ch. 3): cluster ``k`` holds the points
     ``perm[ranges[k, 0]:ranges[k, 1]]`` of the original sample, its weight is the sum of
     theirs and its centroid their weighted mean (the plain mean for a cluster of zero
     weight). Clusters are ordered by their cell's index, last coordinate fastest, so cells

@@ -50,6 +50,22 @@ under one of two accuracy policies:
   GeomLoss (Feydy et al. 2019 [FeydyEtAl19], sec. 3.3; Feydy 2020 [Feydy20], ch. 3). Its
   cost is fixed, its accuracy follows ``scaling``.
 
+``scheme="multiscale"`` (points of dimension at most 3) is the coarse-to-fine scheme of
+Schmitzer 2019 [Schmitzer19] and Feydy 2020 [Feydy20] (GeomLoss' ``multiscale``
+backend): both samples are clustered on a grid of cells of side ``cluster_scale``
+(weights summed, weighted centroids); the :math:`\varepsilon` levels above
+``cluster_scale**2`` run on the clusters; the first level below (or the last step) is an
+extrapolation, each point's potential the softmin of the other sample's coarse potential
+(one softmin each); the remaining levels run on the points in cluster order, each softmin
+over the cluster pairs :math:`(I, J)` that *kernel truncation* keeps: those where a lower
+bound of :math:`C_{ij} - f_i - g_j` over the block, :math:`\tfrac12\max(0, |X_I - Y_J| -
+r_I - r_J)^2 - \max_I f - \max_J g` (centroids, radii), is at most ``truncate`` times
+:math:`\varepsilon`. A dropped pair weighs at most :math:`e^{-\mathrm{truncate}}` of its
+row's total at the fixed point, so the potentials move by at most about
+:math:`\varepsilon e^{-\mathrm{truncate}}`. The kept blocks are recomputed at every level
+(and every ``check_every`` iterations at the final one); :class:`MultiscaleReport` says
+what the solve did.
+
 Either way the solver reports, in its :class:`SinkhornResult`, the L1 error of both
 marginals of the plan and the sup-norm change of the potentials that one more iteration
 would make (one extra pair of softmins).
@@ -87,7 +103,7 @@ from flowkit.validation import (
 )
 
 __all__ = ["SinkhornDivergence", "SinkhornPotential", "SinkhornResult", "MultiscaleReport",
-           "sinkhorn", "sinkhorn_multiscale", "sinkhorn_potentials", "POLICIES", "SCHEMES"]
+           "sinkhorn", "sinkhorn_potentials", "POLICIES", "SCHEMES"]
 
 POLICIES = ("converge", "geomloss")
 
@@ -334,7 +350,7 @@ class _CoarseProblem(_Problem):
 class _TruncatedProblem(_Problem):
     r"""The problem on the points in cluster order, each softmin over the kept blocks only.
 
-    Kernel truncation (Schmitzer 2019 [Schmitzer19], sec. 3.3): a pair :math:`(i, j)`
+    Kernel truncation (Schmitzer 2019 [Schmitzer19]): a pair :math:`(i, j)`
     weighs :math:`e^{(f_i + g_j - C_{ij})/\varepsilon}` relative to its row's total
     (which is 1 at the fixed point), so dropping every pair with :math:`C_{ij} - f_i -
     g_j > \tau\varepsilon` changes each row's sum by a factor within :math:`e^{-\tau}`
@@ -402,7 +418,8 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
     only set ``converged``). ``init`` warm-starts from given potentials and skips the
     scaling. ``scheme="multiscale"`` (points of dimension at most 3) runs the levels above
     ``cluster_scale**2`` on grid clusters and the rest on the points with the kernel
-    truncated at ``truncate`` (:func:`sinkhorn_multiscale`).
+    truncated at ``truncate`` (grid clusters, an extrapolation to the points, kernel
+    truncation: the module docstring).
     """
     check_choice(policy, "policy", POLICIES)
     scaling = _check_scaling(scaling)
@@ -413,7 +430,7 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
     _check_scheme(scheme, cluster_scale, truncate, geom.x.flatten(1).shape[1])
     loop = {"max_iter": max_iter, "tol": tol, "check_every": check_every}
     if scheme == "multiscale":
-        return sinkhorn_multiscale(geom, eps, symmetric=symmetric, policy=policy,
+        return _sinkhorn_multiscale(geom, eps, symmetric=symmetric, policy=policy,
                                    scaling=scaling, init=init, cluster_scale=cluster_scale,
                                    truncate=truncate, **loop)[0]
     prob = _Problem(geom, symmetric)
@@ -437,12 +454,12 @@ def _schedule(geom: PointCloud, eps: float, policy: str, scaling: float) -> list
     return _eps_schedule(_diameter2(geom.x.flatten(1), geom.y.flatten(1), geom), eps, ratio)
 
 
-def sinkhorn_multiscale(geom: PointCloud, eps: float, *, symmetric: bool, policy: str,
+def _sinkhorn_multiscale(geom: PointCloud, eps: float, *, symmetric: bool, policy: str,
                         scaling: float, max_iter: int, tol: float, check_every: int,
                         init: tuple[Tensor, Tensor] | None, cluster_scale: float | None,
                         truncate: float) -> tuple[SinkhornResult, _TruncatedProblem]:
     r"""Coarse-to-fine Sinkhorn (Schmitzer 2019 [Schmitzer19]; Feydy 2020 [Feydy20],
-    sec. 3.3): the :func:`sinkhorn` schedule, its levels above ``cluster_scale**2`` run on
+    ch. 3): the :func:`sinkhorn` schedule, its levels above ``cluster_scale**2`` run on
     grid clusters of the samples, the rest on the points with a truncated kernel.
 
     1. Both samples are clustered on a grid of cells of side ``cluster_scale``
@@ -455,7 +472,7 @@ def sinkhorn_multiscale(geom: PointCloud, eps: float, *, symmetric: bool, policy
        potential is the softmin of the coarse potentials of the other sample, one softmin
        of ``N x K`` pairs each (the Sinkhorn update read as a function of the point).
     4. The remaining steps run on the points in cluster order, over the cluster pairs the
-       kernel truncation keeps (:class:`_TruncatedProblem`), block-sparse
+       kernel truncation keeps (the bound below), block-sparse
        (:func:`flowkit.geometry.softmin_sparse`).
 
     ``init`` (a warm start) skips steps 2-3. Returns the result (potentials in the
@@ -635,7 +652,7 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         ``(M,)`` probability weights of the data (default uniform).
     scheme : {"dense", "multiscale"}
         ``"dense"``: every softmin over every pair. ``"multiscale"`` (points of dimension
-        at most 3): the coarse-to-fine scheme of :func:`sinkhorn_multiscale`, the
+        at most 3): the coarse-to-fine scheme of the module docstring, the
         :math:`\varepsilon` levels above ``cluster_scale**2`` on grid clusters, the rest
         on the points over the kept blocks of a truncated kernel; ``functional_gradient``
         runs its soft barycentres on those blocks too. For large samples (measured faster
@@ -790,9 +807,9 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         if self._kw().get("scheme") == "multiscale":
             kw = {k: v for k, v in self._kw().items() if k != "scheme"}
             kw.update(check_every=10)
-            ab, ab_prob = sinkhorn_multiscale(geom, self.eps, symmetric=False,
+            ab, ab_prob = _sinkhorn_multiscale(geom, self.eps, symmetric=False,
                                               init=None if init is None else init[0], **kw)
-            aa, aa_prob = sinkhorn_multiscale(aa_geom, self.eps, symmetric=True,
+            aa, aa_prob = _sinkhorn_multiscale(aa_geom, self.eps, symmetric=True,
                                               init=None if init is None else init[1], **kw)
             truncated = (ab_prob, aa_prob)
         else:
