@@ -6,8 +6,10 @@ made every method up to 10x slower, measured), cost ``|x - y|^2 / 2`` and ``eps 
 (GeomLoss' conventions for ``p = 2``). Methods, each row in its own subprocess (so its
 peak memory is its own):
 
-* flowkit ``policy="converge"`` (the defaults, ``tol=1e-6``, ``max_iter=1000``);
-* flowkit ``policy="geomloss"`` at each ``--scalings`` (one iteration per eps level);
+* flowkit ``policy="converge"`` (the defaults, ``tol=1e-6``, ``max_iter=1000``), dense and
+  ``scheme="multiscale"``;
+* flowkit ``policy="geomloss"`` at each ``--scalings`` (one iteration per eps level),
+  dense and ``scheme="multiscale"``;
 * GeomLoss ``SamplesLoss("sinkhorn", p=2, blur, scaling)`` with ``backend="tensorized"``
   and, where pykeops is importable, ``"online"`` and ``"multiscale"``, at each scaling;
   gradient by autograd times N.
@@ -17,13 +19,21 @@ on 200 points (KeOps compiles its formulas then); ``peak_mb`` is the rise of the
 subprocess' peak resident memory (``getrusage``) over its level after the warm-up.
 ``grad_rel_error`` is ``|g - g_ref| / |g_ref|`` against a converged reference: flowkit in
 float64 (``tol=1e-10``, torch backend) where N is at most ``--ref-float64-max``, else
-flowkit native float32 (``tol=1e-7``, ``max_iter=3000``) up to ``--ref-max``; each
-reference's cost is in the JSON, and so is the float32 reference's own error against the
-float64 one where both run. The converge policy runs up to ``--converge-max``.
+flowkit native float32 (``tol=1e-7``, ``max_iter=3000``) up to ``--ref-max``, else flowkit
+native float32 multiscale (``tol=1e-7``, ``truncate=20``) up to ``--ref-multiscale-max``;
+each reference's cost is in the JSON, and so is each cheaper reference's own error against
+the more accurate one where both run. The dense converge policy runs up to
+``--converge-max``, GeomLoss tensorized and online up to ``--dense-geomloss-max``;
+``--methods`` keeps the methods whose name contains one of its words.
 ``--part accuracy`` measures the solver settings at N = 500 against float64 solves.
 
     python benchmarks/sinkhorn.py --sizes 1000 2000 5000 20000 --blurs 0.1
     nice -n 19 python benchmarks/sinkhorn.py --part accuracy
+    # N = 20000 against GeomLoss multiscale and online, a few minutes (online: 6 of them)
+    nice -n 19 python benchmarks/sinkhorn.py --sizes 20000 --blurs 0.1 --scalings 0.5 0.9 \
+        --large-scalings 0.5 0.9 --ref-float64-max 0 --ref-max 0 \
+        --ref-multiscale-max 20000 --methods multiscale "online (scaling=0.5)" \
+        "flowkit geomloss policy (scaling=0.5)" --out sinkhorn-multiscale-20k.json
 
 Writes ``benchmarks/results/sinkhorn-<part>.json`` and prints a markdown table.
 """
