@@ -14,7 +14,9 @@ peak memory is its own):
   and, where pykeops is importable, ``"online"`` and ``"multiscale"``, at each scaling;
   gradient by autograd times N.
 
-``seconds`` is the best of ``--repeats`` calls (one call from N = 5000 on) after a warm-up
+``seconds`` is the best of ``--repeats`` calls (``cpu_seconds`` its process time, all
+threads; ``OMP_NUM_THREADS`` is set to ``--threads`` in each row's process, since KeOps'
+CPU reductions otherwise take every core) (one call from N = 5000 on) after a warm-up
 on 200 points (KeOps compiles its formulas then); ``peak_mb`` is the rise of the
 subprocess' peak resident memory (``getrusage``) over its level after the warm-up.
 ``grad_rel_error`` is ``|g - g_ref| / |g_ref|`` against a converged reference: flowkit in
@@ -114,11 +116,12 @@ def _references(args, cache: Path, n: int, blur: float) -> tuple[torch.Tensor | 
 
 def _flowkit(x, y, blur, **kw):
     obj = SinkhornDivergence(y, blur=blur, warm_start=False, **kw)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     g = obj.functional_gradient(x)
     dt = time.perf_counter() - t0
     res = obj.last_results[0]
-    info = {"iterations": res.iterations, "marginal_error": res.marginal_error}
+    info = {"iterations": res.iterations, "marginal_error": res.marginal_error,
+            "cpu_seconds": time.process_time() - c0}
     if res.multiscale is not None:
         info.update(kept_fraction=res.multiscale.kept_fraction,
                     coarse_iterations=res.multiscale.coarse_iterations,
@@ -132,9 +135,9 @@ def _geomloss(x, y, blur, backend, scaling):
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=True,
                        backend=backend)
     z = x.clone().requires_grad_(True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     (dz,) = torch.autograd.grad(loss(z, y), z)
-    return len(x) * dz, time.perf_counter() - t0, {}
+    return len(x) * dz, time.perf_counter() - t0, {"cpu_seconds": time.process_time() - c0}
 
 
 def _run(spec: dict):
@@ -215,8 +218,11 @@ def speed(args) -> list[dict]:
                 spec = {**m, "n": n, "blur": blur, "threads": args.threads,
                         "repeats": 1 if n >= 5000 else args.repeats,
                         "grad_path": str(cache / "grad.pt")}
+                # KeOps' CPU reductions run on OpenMP threads: pinned like torch's, so that
+                # every method runs on --threads threads
                 proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)],
-                                      capture_output=True, text=True)
+                                      capture_output=True, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
                 if proc.returncode != 0:
                     group.append({**row, "skipped": f"failed: {proc.stderr.strip()[-300:]}"})
                     print(group[-1], flush=True)
@@ -309,7 +315,7 @@ def main() -> None:
     load = os.getloadavg()
     rows = {"speed": speed, "accuracy": accuracy}[args.part](args)
     if args.part == "speed":
-        _table(rows, ["n", "blur", "method", "seconds", "ratio_to_tensorized",
+        _table(rows, ["n", "blur", "method", "seconds", "cpu_seconds", "ratio_to_tensorized",
                       "ratio_to_multiscale", "grad_rel_error", "peak_mb", "iterations",
                       "kept_fraction"])
     else:
