@@ -43,6 +43,7 @@ evaluated points near it; beyond that, use float64.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,11 +59,12 @@ from flowkit.validation import (
     check_compatible,
     check_finite,
     check_particles,
+    check_positive,
     check_signed_weights,
     check_weights,
 )
 
-__all__ = ["PointCloud"]
+__all__ = ["PointCloud", "GridClusters", "grid_clusters", "BlockSparsity", "softmin_sparse"]
 
 
 def _check_all_finite(tensors: list[tuple[str, Tensor | None]]) -> None:
@@ -472,3 +474,208 @@ class PointCloud:
                 total = total + (log_pi.exp() * c).sum()
             s += n
         return total
+
+
+# ---------------------------------------------------------------------- multiscale
+
+
+@dataclass(frozen=True)
+class GridClusters:
+    r"""Points grouped by the cells of a regular grid, each cluster contiguous.
+
+    The coarse level of the multiscale Sinkhorn (Schmitzer 2019 [Schmitzer19], its
+    multi-scale scheme; Feydy 2020 [Feydy20], ch. 3): cluster ``k`` holds the points
+    ``perm[ranges[k, 0]:ranges[k, 1]]`` of the original sample, its weight is the sum of
+    theirs and its centroid their weighted mean (the plain mean for a cluster of zero
+    weight). Clusters are ordered by their cell's index, last coordinate fastest, so cells
+    adjacent along that axis are adjacent in the order (kept blocks merge into one range).
+
+    Attributes
+    ----------
+    perm : Tensor
+        ``(N,)`` int64: ``x[perm]`` is the sample in cluster order.
+    ranges : Tensor
+        ``(K, 2)`` int64 ``[start, end)`` of each cluster in cluster order.
+    labels : Tensor
+        ``(N,)`` int64: the cluster of each point, in cluster order.
+    centroids : Tensor
+        ``(K, D)`` weighted means.
+    weights : Tensor
+        ``(K,)`` summed weights.
+    radii : Tensor
+        ``(K,)`` the largest distance from a member to its centroid.
+    scale : float
+        The side of the grid's cells.
+    """
+
+    perm: Tensor
+    ranges: Tensor
+    labels: Tensor
+    centroids: Tensor
+    weights: Tensor
+    radii: Tensor
+    scale: float
+
+    def sort(self, t: Tensor) -> Tensor:
+        """``t`` (indexed like the original sample) in cluster order."""
+        return t[self.perm]
+
+    def unsort(self, t: Tensor) -> Tensor:
+        """The inverse of :meth:`sort`: ``t`` in cluster order back in the original one."""
+        out = torch.empty_like(t)
+        out[self.perm] = t
+        return out
+
+    def segment_max(self, t: Tensor) -> Tensor:
+        """``(K,)`` the largest entry of ``t`` (in cluster order) in each cluster."""
+        k = self.ranges.shape[0]
+        return t.new_full((k,), -math.inf).scatter_reduce_(0, self.labels, t, "amax")
+
+
+def grid_clusters(x: Tensor, weights: Tensor, scale: float) -> GridClusters:
+    r"""Cluster the points ``x`` ``(N, D)`` with ``weights`` ``(N,)`` on a grid of cells of
+    side ``scale`` (:class:`GridClusters`).
+
+    Examples
+    --------
+    >>> import torch, flowkit as fk
+    >>> x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.1, 0.1]])
+    >>> c = fk.geometry.grid_clusters(x, torch.full((3,), 1 / 3), 0.5)
+    >>> c.ranges.tolist(), [round(w, 4) for w in c.weights.tolist()]
+    ([[0, 2], [2, 3]], [0.6667, 0.3333])
+    """
+    scale = check_positive(scale, "scale")
+    x2 = x.flatten(1)
+    cell = ((x2 - x2.amin(0)) / scale).floor().long()
+    dims = (cell.amax(0) + 1).tolist()
+    if math.prod(dims) >= 2**62:
+        raise ValueError(f"scale={scale:.3g} makes a grid of {math.prod(dims):.3g} cells; "
+                         f"choose a larger scale")
+    key = cell[:, 0]
+    for c, n in zip(cell.unbind(1)[1:], dims[1:]):
+        key = key * n + c
+    key, perm = torch.sort(key, stable=True)
+    _, counts = torch.unique_consecutive(key, return_counts=True)
+    ends = counts.cumsum(0)
+    k = counts.shape[0]
+    labels = torch.repeat_interleave(torch.arange(k, device=x.device), counts)
+    xs, w = x2[perm], weights[perm]
+    total = w.new_zeros(k).index_add_(0, labels, w)
+    mean = x2.new_zeros(k, x2.shape[1]).index_add_(0, labels, xs) / counts[:, None]
+    wmean = x2.new_zeros(k, x2.shape[1]).index_add_(0, labels, w[:, None] * xs)
+    centroids = torch.where(total[:, None] > 0, wmean / total.clamp_min(
+        torch.finfo(w.dtype).tiny)[:, None], mean)
+    radii = x2.new_zeros(k).scatter_reduce_(0, labels, (xs - centroids[labels]).norm(dim=1),
+                                           "amax")
+    return GridClusters(perm=perm, ranges=torch.stack([ends - counts, ends], 1),
+                        labels=labels, centroids=centroids, weights=total, radii=radii,
+                        scale=scale)
+
+
+@dataclass(frozen=True)
+class BlockSparsity:
+    r"""Which blocks of an ``N x M`` interaction a block-sparse reduction visits.
+
+    Row cluster ``I`` (rows ``rows[I, 0]:rows[I, 1]``) reduces over the column ranges
+    ``cols[q]``, ``ptr[I] <= q < ptr[I + 1]`` (CSR); :meth:`from_mask` builds it from a
+    boolean ``(K_x, K_y)`` mask of kept cluster pairs, merging kept clusters that are
+    adjacent in the column order into one range.
+
+    Attributes
+    ----------
+    rows : Tensor
+        ``(K_x, 2)`` int64 row ranges.
+    ptr : Tensor
+        ``(K_x + 1,)`` int64 offsets into ``cols``.
+    cols : Tensor
+        ``(R, 2)`` int64 column ranges.
+    shape : tuple of int
+        ``(N, M)``.
+    kept : int
+        Pairs ``(i, j)`` visited.
+    """
+
+    rows: Tensor
+    ptr: Tensor
+    cols: Tensor
+    shape: tuple[int, int]
+    kept: int
+
+    @property
+    def kept_fraction(self) -> float:
+        """The share of the ``N M`` pairs visited."""
+        return self.kept / max(1, self.shape[0] * self.shape[1])
+
+    @classmethod
+    def from_mask(cls, keep: Tensor, row_ranges: Tensor, col_ranges: Tensor
+                  ) -> BlockSparsity:
+        """From ``keep[I, J]`` (cluster ``I`` of the rows meets cluster ``J`` of the
+        columns), the clusters' ``[start, end)`` ranges given."""
+        left = torch.nn.functional.pad(keep[:, :-1], (1, 0), value=False)
+        right = torch.nn.functional.pad(keep[:, 1:], (0, 1), value=False)
+        first = torch.nonzero(keep & ~left)  # row-major: runs in order, row by row
+        last = torch.nonzero(keep & ~right)
+        cols = torch.stack([col_ranges[first[:, 1], 0], col_ranges[last[:, 1], 1]], 1)
+        counts = torch.bincount(first[:, 0], minlength=keep.shape[0])
+        ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+        row_len = row_ranges[:, 1] - row_ranges[:, 0]
+        kept = int((row_len[first[:, 0]] * (cols[:, 1] - cols[:, 0])).sum())
+        return cls(rows=row_ranges.contiguous(), ptr=ptr.contiguous(),
+                   cols=cols.contiguous(),
+                   shape=(int(row_ranges[-1, 1]), int(col_ranges[-1, 1])), kept=kept)
+
+    @classmethod
+    def full(cls, n: int, m: int, device: torch.device | str = "cpu", rows: int = 32
+             ) -> BlockSparsity:
+        """Every pair, the rows in ranges of ``rows`` (units of work for the threads)."""
+        starts = torch.arange(0, n, rows, device=device)
+        row_ranges = torch.stack([starts, (starts + rows).clamp_max(n)], 1)
+        k = row_ranges.shape[0]
+        return cls(rows=row_ranges, ptr=torch.arange(k + 1, device=device),
+                   cols=torch.tensor([[0, m]], device=device).expand(k, 2).contiguous(),
+                   shape=(n, m), kept=n * m)
+
+    @classmethod
+    def dense(cls, row_ranges: Tensor, col_ranges: Tensor) -> BlockSparsity:
+        """Every pair kept."""
+        keep = torch.ones(row_ranges.shape[0], col_ranges.shape[0], dtype=torch.bool,
+                          device=row_ranges.device)
+        return cls.from_mask(keep, row_ranges, col_ranges)
+
+
+def _sparse_route(cloud: PointCloud, h: Tensor) -> str:
+    """``"native"`` where the fused block-sparse softmin runs, else ``"torch"``."""
+    route = cloud._route(None, h, what=" (Sinkhorn's block-sparse softmin)", kernel="softmin")
+    return "native" if route == "native" and cloud._native_fits() else "torch"
+
+
+def softmin_sparse(cloud: PointCloud, h: Tensor, eps: float,
+                   sparsity: BlockSparsity | None = None, barycenter: bool = False
+                   ) -> tuple[Tensor, Tensor | None]:
+    r"""The softmin of :meth:`PointCloud.softmin` over the kept blocks only.
+
+    Returns :math:`-\varepsilon\log\sum_{j\ \mathrm{kept}} e^{h_j - C(x_i, y_j)/
+    \varepsilon}` ``(N,)`` and, with ``barycenter``, the soft barycentre over the same
+    pairs ``(N, D)``. ``cloud``'s ``x`` and ``y`` are in the cluster order ``sparsity``
+    refers to. Native (:c:func:`fk_softmin_ranges`) for float32 on CPU, else torch blocks
+    (:func:`flowkit.backends.torch.softmin_ranges`), never an ``N x M`` matrix.
+    ``sparsity=None`` keeps every pair: one pass over all of ``y`` (no segments, unlike
+    :meth:`PointCloud.softmin`; the native path takes explicit differences, so the
+    coordinates' offset does not cost precision).
+    """
+    cloud._check_h(h)
+    if sparsity is None:
+        if _sparse_route(cloud, h) != "native":
+            return cloud.softmin(h, eps), (cloud.soft_barycenter(h, eps) if barycenter
+                                           else None)
+        sparsity = BlockSparsity.full(cloud._x2.shape[0], cloud._y2.shape[0], cloud._x2.device)
+    if sparsity.shape != (cloud._x2.shape[0], cloud._y2.shape[0]):
+        raise ValueError(f"sparsity is for a {sparsity.shape} interaction, the cloud is "
+                         f"{(cloud._x2.shape[0], cloud._y2.shape[0])}")
+    if _sparse_route(cloud, h) == "native":
+        lse, bar = native_backend.softmin_ranges(cloud._x2, cloud._y2, h, eps, sparsity,
+                                                 barycenter)
+    else:
+        lse, bar = torch_backend.softmin_ranges(cloud._x2, cloud._y2, h, eps, sparsity,
+                                                barycenter, cloud.memory_budget)
+    return -eps * lse, bar

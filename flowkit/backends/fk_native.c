@@ -252,3 +252,104 @@ void fk_softmin(const float *xs, const float *yt, const float *h, const float *v
         }
     }
 }
+
+/* Block-sparse softmin for the multiscale Sinkhorn (kernel truncation, Schmitzer 2019):
+   the rows of cluster c (rows[2c] <= i < rows[2c+1]) reduce only over the column ranges
+   cols[2q] <= j < cols[2q+1], ptr[c] <= q < ptr[c+1], that the truncation kept; results
+   as fk_softmin's on those columns (a row with no kept column: lse = -inf, out NaN). Same
+   two sweeps, exponential and float64 flushes as fk_softmin. Ranges need not be aligned:
+   each 8-column load starts at a multiple of 8 (inside the padded M) and the lanes
+   outside [lo, hi) get -inf added to their logits. Clusters c0 <= c < c1 are done. */
+static const float fk_mask_tbl[24] = {
+    -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY,
+    0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f,
+    -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+
+/* 0 on the lanes k with lo <= j + k < hi, -inf elsewhere (j a multiple of 8 in range). */
+static inline __m256 fk_range_mask(int64_t j, int64_t lo, int64_t hi) {
+    int64_t a = lo - j, b = hi - j;
+    a = a < 0 ? 0 : a;
+    b = b > 8 ? 8 : b;
+    return _mm256_add_ps(_mm256_loadu_ps(fk_mask_tbl + 8 - a),
+                         _mm256_loadu_ps(fk_mask_tbl + 16 - b));
+}
+
+void fk_softmin_ranges(const float *xs, const float *yt, const float *h, const float *vt,
+                       float *lse, float *out, const int64_t *rows, const int64_t *ptr,
+                       const int64_t *cols, int64_t c0, int64_t c1, int64_t M, int64_t d,
+                       int64_t K) {
+    for (int64_t c = c0; c < c1; ++c) {
+        const int64_t *cr = cols + 2 * ptr[c];
+        int64_t nq = ptr[c + 1] - ptr[c], r1 = rows[2 * c + 1];
+        for (int64_t i0 = rows[2 * c]; i0 < r1; i0 += FK_R) {
+            int64_t nr = (r1 - i0 < FK_R) ? (r1 - i0) : FK_R;
+            __m256 xb[FK_R][FK_DMAX], mx[FK_R], bad[FK_R];
+            for (int64_t a = 0; a < FK_R; ++a) {
+                int64_t row = i0 + (a < nr ? a : 0);
+                for (int64_t k = 0; k < d; ++k) xb[a][k] = _mm256_set1_ps(xs[row * d + k]);
+                mx[a] = _mm256_set1_ps(-INFINITY);
+                bad[a] = _mm256_setzero_ps();
+            }
+            for (int64_t q = 0; q < nq; ++q) {
+                int64_t lo = cr[2 * q], hi = cr[2 * q + 1];
+                for (int64_t j = lo & ~(int64_t)7; j < hi; j += 8) {
+                    __m256 mask = fk_range_mask(j, lo, hi);
+                    for (int64_t a = 0; a < FK_R; ++a) {
+                        __m256 v = _mm256_add_ps(fk_logits8(xb[a], yt, h, j, M, d), mask);
+                        bad[a] = _mm256_or_ps(bad[a], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                        mx[a] = _mm256_max_ps(mx[a], v);
+                    }
+                }
+            }
+            __m256 shift[FK_R];
+            float rowmax[FK_R];
+            for (int64_t a = 0; a < FK_R; ++a) {
+                float t[8];
+                _mm256_storeu_ps(t, mx[a]);
+                float m = t[0];
+                for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
+                rowmax[a] = m;
+                shift[a] = _mm256_set1_ps(m > -INFINITY ? m : 0.0f);
+            }
+            double s[FK_R] = {0}, acc[FK_R][FK_KMAX] = {{0}};
+            for (int64_t q = 0; q < nq; ++q) {
+                int64_t lo = cr[2 * q], hi = cr[2 * q + 1];
+                for (int64_t j0 = lo & ~(int64_t)7; j0 < hi; j0 += FK_FLUSH) {
+                    int64_t j1 = (hi - j0 < FK_FLUSH) ? hi : j0 + FK_FLUSH;
+                    __m256 sv[FK_R], av[FK_R][FK_KMAX];
+                    for (int64_t a = 0; a < FK_R; ++a) {
+                        sv[a] = _mm256_setzero_ps();
+                        for (int64_t k = 0; k < K; ++k) av[a][k] = _mm256_setzero_ps();
+                    }
+                    for (int64_t j = j0; j < j1; j += 8) {
+                        __m256 mask = fk_range_mask(j, lo, hi), e[FK_R];
+                        for (int64_t a = 0; a < FK_R; ++a) {
+                            __m256 v = _mm256_add_ps(fk_logits8(xb[a], yt, h, j, M, d), mask);
+                            e[a] = fk_exp8(_mm256_sub_ps(v, shift[a]));
+                            sv[a] = _mm256_add_ps(sv[a], e[a]);
+                        }
+                        for (int64_t k = 0; k < K; ++k) {
+                            __m256 vv = _mm256_loadu_ps(vt + k * M + j);
+                            for (int64_t a = 0; a < FK_R; ++a)
+                                av[a][k] = _mm256_fmadd_ps(e[a], vv, av[a][k]);
+                        }
+                    }
+                    for (int64_t a = 0; a < FK_R; ++a) {
+                        s[a] += fk_hsum8(sv[a]);
+                        for (int64_t k = 0; k < K; ++k) acc[a][k] += fk_hsum8(av[a][k]);
+                    }
+                }
+            }
+            for (int64_t a = 0; a < nr; ++a) {
+                float m = rowmax[a];
+                int isbad = _mm256_movemask_ps(bad[a]) != 0;
+                int64_t i = i0 + a;
+                if (isbad) lse[i] = NAN;
+                else lse[i] = m > -INFINITY ? (float)(m + log(s[a])) : -INFINITY;
+                for (int64_t k = 0; k < K; ++k)
+                    out[i * K + k] = (isbad || !(m > -INFINITY)) ? NAN
+                                                                 : (float)(acc[a][k] / s[a]);
+            }
+        }
+    }
+}

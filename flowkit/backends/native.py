@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "unavailable_reason", "library", "reduce", "scaled_exp",
-           "softmin", "NativeLibrary", "NativeBuildError", "cache_dir", "load_or_build", "FLAGS"]
+           "softmin", "softmin_ranges", "NativeLibrary", "NativeBuildError", "cache_dir",
+           "load_or_build", "FLAGS"]
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
@@ -262,6 +263,7 @@ def _softmin_known_answer(lib: NativeLibrary) -> None:
     if not (torch.allclose(lse.double(), want, rtol=1e-5, atol=1e-5)
             and torch.allclose(bar.double(), want_bar, rtol=1e-5, atol=1e-5)):
         raise NativeBuildError(f"{lib.path} failed the softmin known-answer check", loud=True)
+    _ranges_known_answer(lib)
 
 
 def load_or_build(cache: Path | None = None) -> NativeLibrary:
@@ -524,3 +526,105 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool =
     chunk = max(4, -(-n // (8 * torch.get_num_threads())))
     POOL.run(lambda a, b: lib.softmin(xs, yt, hp, vt, lse, out, a, b), n, chunk)
     return lse, (out if with_barycenter else None)
+
+
+def _index_pointer(t: Tensor, name: str, shape) -> int:
+    """The data pointer of an int64, contiguous CPU tensor of exactly ``shape`` (the gate
+    for index arrays, as :func:`_pointer` is for float32 ones)."""
+    if not isinstance(t, Tensor) or t.dtype != torch.int64 or t.device.type != "cpu" \
+            or not t.is_contiguous() or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"native {name}: expected a contiguous int64 CPU tensor of shape "
+                         f"{tuple(shape)}, got {getattr(t, 'dtype', type(t).__name__)} of "
+                         f"shape {tuple(getattr(t, 'shape', ()))}")
+    return t.data_ptr()
+
+
+def _ranges_entry(lib: NativeLibrary):
+    """``fk_softmin_ranges`` with its argument types declared (once)."""
+    fn = lib.lib.fk_softmin_ranges
+    if fn.argtypes is None:
+        fn.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 5
+        fn.restype = None
+    return fn
+
+
+def _check_ranges(sparsity, n: int, m: int) -> None:
+    """Every range inside its axis and the CSR offsets consistent: the C code trusts them."""
+    rows, ptr, cols = sparsity.rows, sparsity.ptr, sparsity.cols
+    k, r = rows.shape[0], cols.shape[0]
+    ok = (rows.dim() == 2 and rows.shape[1] == 2 and ptr.shape == (k + 1,)
+          and cols.dim() == 2 and cols.shape[1] == 2)
+    if ok and k:
+        ok = bool((rows[:, 0] >= 0).all() and (rows[:, 0] <= rows[:, 1]).all()
+                  and (rows[:, 1] <= n).all() and int(ptr[0]) == 0 and int(ptr[-1]) == r
+                  and (ptr[1:] >= ptr[:-1]).all())
+    if ok and r:
+        ok = bool((cols[:, 0] >= 0).all() and (cols[:, 0] <= cols[:, 1]).all()
+                  and (cols[:, 1] <= m).all())
+    if not ok:
+        raise ValueError(f"sparsity: ranges outside a {n} x {m} interaction or inconsistent "
+                         f"offsets")
+
+
+def softmin_ranges(x: Tensor, y: Tensor, h: Tensor, eps: float, sparsity,
+                   with_barycenter: bool = False) -> tuple[Tensor, Tensor | None]:
+    r""":func:`softmin` over the kept blocks of ``sparsity``
+    (:class:`flowkit.geometry.BlockSparsity`) only: row cluster ``I`` sums over its column
+    ranges (:c:func:`fk_softmin_ranges`; float32 CPU inputs, ``d`` at most ``dmax``).
+
+    Rows outside every row range get ``lse = -inf``. Row clusters are split over the
+    worker pool (dynamic chunks: clusters keep unequal numbers of pairs).
+    """
+    lib = library()
+    n, d = x.shape
+    m = y.shape[0]
+    if d > lib.dmax:
+        raise ValueError(f"softmin_ranges: d={d} above the fused kernel's {lib.dmax}")
+    _check_ranges(sparsity, n, m)
+    s = 1.0 / math.sqrt(2.0 * eps)
+    pad = (-m) % 8
+    xs = (x * s).contiguous()
+    yt = torch.nn.functional.pad((y * s).T, (0, pad)).contiguous()
+    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf).contiguous()
+    vt = torch.nn.functional.pad(y.T, (0, pad)).contiguous() if with_barycenter \
+        else x.new_empty(0, m + pad)
+    k = vt.shape[0]
+    lse = x.new_full((n,), -math.inf)
+    out = x.new_zeros(n, k)
+    rows, ptr, cols = sparsity.rows, sparsity.ptr, sparsity.cols
+    nc, nr = rows.shape[0], cols.shape[0]
+    ptrs = (_pointer(xs, "xs", (n, d)), _pointer(yt, "yt", (d, m + pad)),
+            _pointer(hp, "h", (m + pad,)), _pointer(vt, "vt", (k, m + pad)),
+            _pointer(lse, "lse", (n,)), _pointer(out, "out", (n, k)),
+            _index_pointer(rows, "rows", (nc, 2)), _index_pointer(ptr, "ptr", (nc + 1,)),
+            _index_pointer(cols, "cols", (nr, 2)))
+    fn = _ranges_entry(lib)
+    chunk = max(1, -(-nc // (16 * torch.get_num_threads())))
+    POOL.run(lambda a, b: fn(*ptrs, a, b, m + pad, d, k), nc, chunk)
+    return lse, (out if with_barycenter else None)
+
+
+def _ranges_known_answer(lib: NativeLibrary) -> None:
+    """``fk_softmin_ranges`` on small inputs, unaligned ranges, against float64 torch."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 2, generator=g), torch.randn(21, 2, generator=g)
+    h = torch.randn(21, generator=g)
+    rows = torch.tensor([[0, 4], [4, 6]])
+    ptr = torch.tensor([0, 2, 3])
+    cols = torch.tensor([[3, 5], [9, 20], [1, 17]])
+    pad = (-21) % 8
+    yt = torch.nn.functional.pad(y.T, (0, pad)).contiguous()
+    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf)
+    lse, bar = torch.empty(6), torch.empty(6, 2)
+    _ranges_entry(lib)(x.data_ptr(), yt.data_ptr(), hp.data_ptr(), yt.data_ptr(),
+                       lse.data_ptr(), bar.data_ptr(), rows.data_ptr(), ptr.data_ptr(),
+                       cols.data_ptr(), 0, 2, 24, 2, 2)
+    mask = torch.zeros(6, 21, dtype=torch.bool)
+    mask[:4, 3:5] = mask[:4, 9:20] = mask[4:, 1:17] = True
+    logits = (h.double() - torch.cdist(x.double(), y.double()).pow(2)).masked_fill(
+        ~mask, -math.inf)
+    if not (torch.allclose(lse.double(), logits.logsumexp(1), rtol=1e-5, atol=1e-5)
+            and torch.allclose(bar.double(), torch.softmax(logits, 1) @ y.double(),
+                               rtol=1e-5, atol=1e-5)):
+        raise NativeBuildError(f"{lib.path} failed the block-sparse softmin known-answer "
+                               f"check", loud=True)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["sqdist_direct", "sqdist_gram", "reduce", "grad_explicit", "logsumexp",
+           "softmin_ranges",
            "lse_and_barycenter"]
 
 
@@ -62,3 +63,34 @@ def lse_and_barycenter(x: Tensor, y: Tensor, h: Tensor, eps: float,
     logits = _logits(x, y, h, eps, y_sq)
     lse = torch.logsumexp(logits, dim=1)
     return lse, torch.exp(logits - lse[:, None]) @ y
+
+
+def softmin_ranges(x: Tensor, y: Tensor, h: Tensor, eps: float, sparsity,
+                   with_barycenter: bool, memory_budget: int) -> tuple[Tensor, Tensor | None]:
+    r"""``log sum_j exp(h_j - |x_i - y_j|^2 / (2 eps))`` over the kept blocks of
+    ``sparsity`` (:class:`flowkit.geometry.BlockSparsity`) and, with ``with_barycenter``,
+    the softmax average of those ``y_j``: any device and dtype.
+
+    Per row cluster, its kept columns are gathered once and its rows reduced in blocks of
+    at most ``memory_budget`` bytes of temporaries (explicit differences, so no centring
+    is needed); rows with no kept column get ``-inf`` (and a NaN barycentre). The ranges
+    are read on the host once per call (a few integers per cluster).
+    """
+    n, d = x.shape
+    lse = x.new_full((n,), -float("inf"))
+    bar = x.new_full((n, d), float("nan")) if with_barycenter else None
+    ptr, cols = sparsity.ptr.tolist(), sparsity.cols.tolist()
+    for c, (r0, r1) in enumerate(sparsity.rows.tolist()):
+        ranges = cols[ptr[c]:ptr[c + 1]]
+        if not ranges or r0 == r1:
+            continue
+        idx = torch.cat([torch.arange(a, b, device=x.device) for a, b in ranges])
+        yc, hc = y[idx], h[idx]
+        step = max(1, memory_budget // ((3 + d) * idx.numel() * x.element_size()))
+        for s in range(r0, r1, step):
+            e = min(r1, s + step)
+            logits = hc - (0.5 / eps) * sqdist_direct(x[s:e], yc)
+            lse[s:e] = torch.logsumexp(logits, dim=1)
+            if bar is not None:
+                bar[s:e] = torch.softmax(logits, dim=1) @ yc
+    return lse, bar

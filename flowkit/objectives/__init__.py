@@ -8,7 +8,7 @@ from flowkit.objectives.analytic import InteractionEnergy, QuadraticObjective
 from flowkit.objectives.energy import EnergyDistance
 from flowkit.objectives.mmd import MMD, KernelWitness
 from flowkit.objectives.noisy import NoisyMMDFlow, arbel_schedule
-from flowkit.objectives.sinkhorn import SinkhornDivergence
+from flowkit.objectives.sinkhorn import MultiscaleReport, SinkhornDivergence, SinkhornResult
 from flowkit.objectives.sobolev import RandomFourierFeatures, SobolevDescent
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "NoisyMMDFlow",
     "arbel_schedule",
     "SinkhornDivergence",
+    "SinkhornResult",
+    "MultiscaleReport",
     "SobolevDescent",
     "RandomFourierFeatures",
 ]

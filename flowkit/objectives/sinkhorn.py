@@ -50,6 +50,22 @@ under one of two accuracy policies:
   GeomLoss (Feydy et al. 2019 [FeydyEtAl19], sec. 3.3; Feydy 2020 [Feydy20], ch. 3). Its
   cost is fixed, its accuracy follows ``scaling``.
 
+``scheme="multiscale"`` (points of dimension at most 3) is the coarse-to-fine scheme of
+Schmitzer 2019 [Schmitzer19] and Feydy 2020 [Feydy20] (GeomLoss' ``multiscale``
+backend): both samples are clustered on a grid of cells of side ``cluster_scale``
+(weights summed, weighted centroids); the :math:`\varepsilon` levels above
+``cluster_scale**2`` run on the clusters; the first level below (or the last step) is an
+extrapolation, each point's potential the softmin of the other sample's coarse potential
+(one softmin each); the remaining levels run on the points in cluster order, each softmin
+over the cluster pairs :math:`(I, J)` that *kernel truncation* keeps: those where a lower
+bound of :math:`C_{ij} - f_i - g_j` over the block, :math:`\tfrac12\max(0, |X_I - Y_J| -
+r_I - r_J)^2 - \max_I f - \max_J g` (centroids, radii), is at most ``truncate`` times
+:math:`\varepsilon`. A dropped pair weighs at most :math:`e^{-\mathrm{truncate}}` of its
+row's total at the fixed point, so the potentials move by at most about
+:math:`\varepsilon e^{-\mathrm{truncate}}`. The kept blocks are recomputed at every level
+(and every ``check_every`` iterations at the final one); :class:`MultiscaleReport` says
+what the solve did.
+
 Either way the solver reports, in its :class:`SinkhornResult`, the L1 error of both
 marginals of the plan and the sup-norm change of the potentials that one more iteration
 would make (one extra pair of softmins).
@@ -66,7 +82,14 @@ from torch import Tensor
 
 from flowkit import backends
 from flowkit._compat import MISSING, renamed_keyword
-from flowkit.geometry import DEFAULT_MEMORY_BUDGET, PointCloud
+from flowkit.geometry import (
+    DEFAULT_MEMORY_BUDGET,
+    BlockSparsity,
+    GridClusters,
+    PointCloud,
+    grid_clusters,
+    softmin_sparse,
+)
 from flowkit.objective import FunctionalObjective
 from flowkit.objectives._target import SampleTarget
 from flowkit.potential import Potential
@@ -79,8 +102,8 @@ from flowkit.validation import (
     check_weights,
 )
 
-__all__ = ["SinkhornDivergence", "SinkhornPotential", "SinkhornResult", "sinkhorn",
-           "sinkhorn_potentials", "POLICIES"]
+__all__ = ["SinkhornDivergence", "SinkhornPotential", "SinkhornResult", "MultiscaleReport",
+           "sinkhorn", "sinkhorn_potentials", "POLICIES", "SCHEMES"]
 
 POLICIES = ("converge", "geomloss")
 
@@ -108,6 +131,11 @@ class SinkhornResult:
         Sup norm of the change one more (un-averaged) iteration would make, in cost units.
     policy : str
         ``"converge"`` or ``"geomloss"``.
+    scheme : str
+        ``"dense"`` (every pair) or ``"multiscale"`` (then ``marginal_error`` and
+        ``potential_change`` are those of the truncated kernel).
+    multiscale : MultiscaleReport or None
+        What the multiscale scheme did (``None`` for the dense one).
     """
 
     f: Tensor
@@ -118,6 +146,8 @@ class SinkhornResult:
     marginal_error: float
     potential_change: float
     policy: str
+    scheme: str = "dense"
+    multiscale: MultiscaleReport | None = None
 
 
 def _check_blur(blur: float, dtype: torch.dtype) -> float:
@@ -155,10 +185,225 @@ def _eps_schedule(diameter2: float, eps: float, ratio: float) -> list[float]:
     return [max(eps, eps0 * ratio**k) for k in range(n)] + [eps]
 
 
+SCHEMES = ("dense", "multiscale")
+#: Clusters along the data's diameter per dimension for the default ``cluster_scale``:
+#: about ``_CLUSTERS`` grid cells over the bounding box (GeomLoss' default size).
+_CLUSTERS = 2000
+#: Default kernel-truncation threshold, in units of eps (:class:`MultiscaleReport`).
+DEFAULT_TRUNCATE = 10.0
+
+
+@dataclass(frozen=True)
+class MultiscaleReport:
+    r"""What the multiscale scheme did in one solve (:func:`sinkhorn`, ``scheme=
+    "multiscale"``).
+
+    Attributes
+    ----------
+    cluster_scale : float
+        Side of the grid cells the samples were clustered on.
+    clusters : tuple of int
+        Clusters of ``x`` and of ``y``.
+    coarse_iterations : int
+        Softmin sweeps on the clusters.
+    fine_iterations : int
+        Softmin sweeps on the points (the extrapolation included), not counting the check.
+    switch_eps : float
+        The :math:`\varepsilon` at which the solve moved from the clusters to the points.
+    kept_fraction : float
+        Share of the ``N M`` pairs the final kernel truncation kept (the check and the
+        gradient run on it).
+    """
+
+    cluster_scale: float
+    clusters: tuple[int, int]
+    coarse_iterations: int
+    fine_iterations: int
+    switch_eps: float
+    kept_fraction: float
+
+
+def _check_scheme(scheme: str, cluster_scale: float | None, truncate: float,
+                  dim: int | None = None) -> tuple[str, float | None, float]:
+    """The multiscale arguments, checked once (errors name them)."""
+    check_choice(scheme, "scheme", SCHEMES)
+    if cluster_scale is not None:
+        cluster_scale = check_positive(cluster_scale, "cluster_scale")
+    truncate = check_positive(truncate, "truncate")
+    if scheme == "multiscale" and dim is not None and dim > 3:
+        raise ValueError(f"scheme='multiscale' clusters the samples on a grid and needs "
+                         f"points of dimension at most 3, got {dim}; use scheme='dense'")
+    if scheme == "dense" and cluster_scale is not None:
+        raise ValueError("cluster_scale applies to scheme='multiscale' only, got "
+                         "scheme='dense'")
+    return scheme, cluster_scale, truncate
+
+
+def _steps(policy: str, levels: list[float]) -> list[tuple[str, float]]:
+    """The solve as a list of ``(kind, eps)``: ``"first"`` (one sweep from zero
+    potentials), ``"avg"`` (one averaged sweep), ``"final"`` (one un-averaged sweep),
+    ``"converge"`` (iterations at eps until ``tol``)."""
+    if policy == "geomloss":
+        return [("first", levels[0])] + [("avg", e) for e in levels[1:]] + [("final", levels[-1])]
+    return [("first", levels[0])] + [("avg", e) for e in levels[1:-1]] + [("converge", levels[-1])]
+
+
+class _Problem:
+    """One Sinkhorn problem's updates on a point cloud (every pair)."""
+
+    def __init__(self, geom: PointCloud, symmetric: bool):
+        self.geom, self.symmetric = geom, symmetric
+        self.log_a = geom.a.log()
+        self.log_b = self.log_a if symmetric else geom.b.log()
+        self.back = None if symmetric else geom.transpose()
+
+    def prepare(self, f: Tensor, g: Tensor, eps: float) -> None:
+        """Called before the sweeps of each level (the multiscale problem re-truncates)."""
+
+    def f_of(self, g: Tensor, eps: float) -> Tensor:
+        return self.geom.softmin(self.log_b + g / eps, eps)
+
+    def g_of(self, f: Tensor, eps: float) -> Tensor:
+        return self.back.softmin(self.log_a + f / eps, eps)
+
+    def sweep(self, f: Tensor, g: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """One un-averaged (Jacobi) update T(f, g)."""
+        if self.symmetric:
+            t = self.f_of(f, eps)
+            return t, t
+        return self.f_of(g, eps), self.g_of(f, eps)
+
+    def run(self, steps: list[tuple[str, float]], f: Tensor | None, g: Tensor | None, *,
+            max_iter: int, tol: float, check_every: int) -> tuple[Tensor, Tensor, int]:
+        """The sweeps of ``steps`` from ``(f, g)``; returns the potentials and the sweeps
+        made. Updates are the averaged simultaneous ones of Feydy et al. 2019
+        [FeydyEtAl19] during the annealing (they damp the oscillation of the alternating
+        scheme at small eps) and alternating ones at the final eps."""
+        it = 0
+        for kind, e in steps:
+            if kind == "first":
+                f = self.geom.x.new_zeros(self.geom.x.shape[0])
+                g = f if self.symmetric else self.geom.y.new_zeros(self.geom.y.shape[0])
+            self.prepare(f, g, e)
+            if kind in ("first", "final"):
+                f, g = self.sweep(f, g, e)
+                it += 1
+            elif kind == "avg":
+                fn, gn = self.sweep(f, g, e)
+                f, g = 0.5 * (f + fn), 0.5 * (g + gn)
+                it += 1
+            else:
+                f, g, k = self._converge(f, g, e, max_iter, tol, check_every)
+                it += k
+        return f, g, it
+
+    def _converge(self, f: Tensor, g: Tensor, eps: float, max_iter: int, tol: float,
+                  check_every: int) -> tuple[Tensor, Tensor, int]:
+        k = 0
+        while k < max_iter:
+            f_old = f
+            if self.symmetric:
+                fn, _ = self.sweep(f, g, eps)
+                f = g = 0.5 * (f + fn)
+            else:
+                # alternating (Gauss-Seidel) updates at the final eps: twice the rate of
+                # the averaged simultaneous ones, which only the annealing needs
+                f = self.f_of(g, eps)
+                g = self.g_of(f, eps)
+            k += 1
+            # one device synchronisation every `check_every` iterations, not every one
+            if k % check_every == 0:
+                if float(self.geom.all_reduce((f - f_old).abs().max(), "max")) < tol:
+                    break
+                self.prepare(f, g, eps)
+        return f, g, k
+
+    def check(self, f: Tensor, g: Tensor, eps: float) -> tuple[float, float]:
+        """The error check: one more un-averaged sweep, never applied; returns the sup-norm
+        change and the marginals' L1 error."""
+        fn, gn = self._check_sweep(f, g, eps)
+        geom = self.geom
+        change = float(geom.all_reduce(
+            torch.maximum((fn - f).abs().max(), (gn - g).abs().max()), "max"))
+        a, b = geom.a, (geom.a if self.symmetric else geom.b)
+        # row sums a_i exp((f_i - T(g)_i)/eps), column sums b_j exp((g_j - T(f)_j)/eps)
+        marg = float(geom.all_reduce((a * ((f - fn) / eps).exp() - a).abs().sum()
+                                     + (b * ((g - gn) / eps).exp() - b).abs().sum(), "sum"))
+        return change, marg
+
+    def _check_sweep(self, f: Tensor, g: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        return self.sweep(f, g, eps)
+
+
+class _CoarseProblem(_Problem):
+    """The problem on the clusters: every pair, in one pass over all rows (the centroids'
+    order jumps from cell row to cell row, which :meth:`PointCloud.softmin` would treat as
+    many separate segments)."""
+
+    def f_of(self, g: Tensor, eps: float) -> Tensor:
+        return softmin_sparse(self.geom, self.log_b + g / eps, eps)[0]
+
+    def g_of(self, f: Tensor, eps: float) -> Tensor:
+        return softmin_sparse(self.back, self.log_a + f / eps, eps)[0]
+
+
+class _TruncatedProblem(_Problem):
+    r"""The problem on the points in cluster order, each softmin over the kept blocks only.
+
+    Kernel truncation (Schmitzer 2019 [Schmitzer19]): a pair :math:`(i, j)`
+    weighs :math:`e^{(f_i + g_j - C_{ij})/\varepsilon}` relative to its row's total
+    (which is 1 at the fixed point), so dropping every pair with :math:`C_{ij} - f_i -
+    g_j > \tau\varepsilon` changes each row's sum by a factor within :math:`e^{-\tau}`
+    of 1 (the potentials by at most about :math:`\varepsilon e^{-\tau}`). Cluster pairs
+    :math:`(I, J)` are dropped only when a lower bound of that gap over the whole block
+    exceeds :math:`\tau\varepsilon`: :math:`\tfrac12 \max(0, |X_I - Y_J| - r_I -
+    r_J)^2 - \max_{i \in I} f_i - \max_{j \in J} g_j` (centroids :math:`X, Y`, radii
+    :math:`r`), so no pair above the threshold is lost to the clustering. The blocks are
+    recomputed from the current potentials at every level (and every ``check_every``
+    iterations at the final eps).
+    """
+
+    def __init__(self, geom: PointCloud, symmetric: bool, cx: GridClusters,
+                 cy: GridClusters, truncate: float):
+        super().__init__(geom, symmetric)
+        self.cx, self.cy, self.truncate = cx, cy, truncate
+        self.xy: BlockSparsity | None = None
+        self.yx: BlockSparsity | None = None
+        #: the soft barycentre of ``y`` at each ``x`` (original order) at the checked
+        #: potentials, over the final kept blocks: ``x`` minus it is the potential's gradient
+        self.barycenter: Tensor | None = None
+
+    def prepare(self, f: Tensor, g: Tensor, eps: float) -> None:
+        cx, cy = self.cx, self.cy
+        gap = 0.5 * (torch.cdist(cx.centroids, cy.centroids) - cx.radii[:, None]
+                     - cy.radii[None, :]).clamp_min(0.0).pow(2)
+        keep = gap - cx.segment_max(f)[:, None] - cy.segment_max(g)[None, :] \
+            <= self.truncate * eps
+        self.xy = BlockSparsity.from_mask(keep, cx.ranges, cy.ranges)
+        if not self.symmetric:
+            self.yx = BlockSparsity.from_mask(keep.T, cy.ranges, cx.ranges)
+
+    def f_of(self, g: Tensor, eps: float) -> Tensor:
+        return softmin_sparse(self.geom, self.log_b + g / eps, eps, self.xy)[0]
+
+    def g_of(self, f: Tensor, eps: float) -> Tensor:
+        return softmin_sparse(self.back, self.log_a + f / eps, eps, self.yx)[0]
+
+    def _check_sweep(self, f: Tensor, g: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        # the check's update of f is the softmin whose soft barycentre the gradient needs:
+        # computed together (two more sums per pair), kept in the original order
+        fn, bar = softmin_sparse(self.geom, self.log_b + (f if self.symmetric else g) / eps,
+                                 eps, self.xy, barycenter=True)
+        self.barycenter = self.cx.unsort(bar)
+        return fn, (fn if self.symmetric else self.g_of(f, eps))
+
+
 def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
              policy: str = "converge", scaling: float = 0.5, max_iter: int = 1000,
              tol: float = 1e-5, check_every: int = 10,
-             init: tuple[Tensor, Tensor] | None = None) -> SinkhornResult:
+             init: tuple[Tensor, Tensor] | None = None, scheme: str = "dense",
+             cluster_scale: float | None = None,
+             truncate: float = DEFAULT_TRUNCATE) -> SinkhornResult:
     r"""Dual potentials of :math:`\mathrm{OT}_\varepsilon(\alpha, \beta)` on a point cloud.
 
     Cost :math:`\frac12\|x-y\|^2`, weights ``geom.a`` and ``geom.b``. Updates are the
@@ -171,7 +416,10 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
     ``check_every``) or ``"geomloss"`` (levels of
     ratio ``scaling**2``, one iteration each, one extrapolation; ``max_iter`` and ``tol``
     only set ``converged``). ``init`` warm-starts from given potentials and skips the
-    scaling.
+    scaling. ``scheme="multiscale"`` (points of dimension at most 3) runs the levels above
+    ``cluster_scale**2`` on grid clusters and the rest on the points with the kernel
+    truncated at ``truncate`` (grid clusters, an extrapolation to the points, kernel
+    truncation: the module docstring).
     """
     check_choice(policy, "policy", POLICIES)
     scaling = _check_scaling(scaling)
@@ -179,66 +427,115 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
     check_int(check_every, "check_every")
     tol = check_positive(tol, "tol")
     eps = check_positive(eps, "eps")
-    x = geom.x.flatten(1)
-    log_a = geom.a.log()
-    log_b = log_a if symmetric else geom.b.log()
-    back = None if symmetric else geom.transpose()
-
-    def sweep(f: Tensor, g: Tensor, e: float) -> tuple[Tensor, Tensor]:
-        """One un-averaged (Jacobi) update T(f, g)."""
-        if symmetric:
-            t = geom.softmin(log_a + f / e, e)
-            return t, t
-        return geom.softmin(log_b + g / e, e), back.softmin(log_a + f / e, e)
-
+    _check_scheme(scheme, cluster_scale, truncate, geom.x.flatten(1).shape[1])
+    loop = {"max_iter": max_iter, "tol": tol, "check_every": check_every}
+    if scheme == "multiscale":
+        return _sinkhorn_multiscale(geom, eps, symmetric=symmetric, policy=policy,
+                                   scaling=scaling, init=init, cluster_scale=cluster_scale,
+                                   truncate=truncate, **loop)[0]
+    prob = _Problem(geom, symmetric)
     if init is not None:
-        levels: list[float] = []
         f, g = init
+        steps = [("final" if policy == "geomloss" else "converge", eps)]
     else:
-        ratio = scaling**2 if policy == "geomloss" else scaling
-        levels = _eps_schedule(_diameter2(x, geom.y.flatten(1), geom), eps, ratio)
-        f = x.new_zeros(x.shape[0])
-        g = f if symmetric else x.new_zeros(geom.y.flatten(1).shape[0])
-        # the first level from zero potentials: the softmin of the bare cost
-        f, g = sweep(f, g, levels[0])
-    it = 1 if init is None else 0
-    for e in levels[1:] if policy == "geomloss" else levels[1:-1]:
-        fn, gn = sweep(f, g, e)
-        f, g = 0.5 * (f + fn), 0.5 * (g + gn)
-        it += 1
-    if policy == "geomloss":
-        f, g = sweep(f, g, eps)  # the final extrapolation, not averaged
-        it += 1
-    else:
-        k = 0
-        while k < max_iter:
-            f_old = f
-            if symmetric:
-                fn, _ = sweep(f, g, eps)
-                f = g = 0.5 * (f + fn)
-            else:
-                # alternating (Gauss-Seidel) updates at the final eps: twice the rate of
-                # the averaged simultaneous ones, which only the annealing needs
-                f = geom.softmin(log_b + g / eps, eps)
-                g = back.softmin(log_a + f / eps, eps)
-            k += 1
-            # one device synchronisation every `check_every` iterations, not every one
-            if k % check_every == 0 and float(
-                    geom.all_reduce((f - f_old).abs().max(), "max")) < tol:
-                break
-        it += k
-    # the error check: one more un-averaged sweep, never applied
-    fn, gn = sweep(f, g, eps)
-    change = float(geom.all_reduce(
-        torch.maximum((fn - f).abs().max(), (gn - g).abs().max()), "max"))
-    a, b = geom.a, (geom.a if symmetric else geom.b)
-    # row sums a_i exp((f_i - T(g)_i)/eps), column sums b_j exp((g_j - T(f)_j)/eps)
-    marg = float(geom.all_reduce((a * ((f - fn) / eps).exp() - a).abs().sum()
-                                 + (b * ((g - gn) / eps).exp() - b).abs().sum(), "sum"))
+        f = g = None
+        steps = _steps(policy, _schedule(geom, eps, policy, scaling))
+    f, g, it = prob.run(steps, f, g, **loop)
+    change, marg = prob.check(f, g, eps)
     if symmetric:
         g = f
     return SinkhornResult(f=f, g=g, eps=eps, iterations=it, converged=change < tol,
                           marginal_error=marg, potential_change=change, policy=policy)
+
+
+def _schedule(geom: PointCloud, eps: float, policy: str, scaling: float) -> list[float]:
+    """The eps levels of ``policy`` on ``geom``'s diameter."""
+    ratio = scaling**2 if policy == "geomloss" else scaling
+    return _eps_schedule(_diameter2(geom.x.flatten(1), geom.y.flatten(1), geom), eps, ratio)
+
+
+def _sinkhorn_multiscale(geom: PointCloud, eps: float, *, symmetric: bool, policy: str,
+                        scaling: float, max_iter: int, tol: float, check_every: int,
+                        init: tuple[Tensor, Tensor] | None, cluster_scale: float | None,
+                        truncate: float) -> tuple[SinkhornResult, _TruncatedProblem]:
+    r"""Coarse-to-fine Sinkhorn (Schmitzer 2019 [Schmitzer19]; Feydy 2020 [Feydy20],
+    ch. 3): the :func:`sinkhorn` schedule, its levels above ``cluster_scale**2`` run on
+    grid clusters of the samples, the rest on the points with a truncated kernel.
+
+    1. Both samples are clustered on a grid of cells of side ``cluster_scale``
+       (:func:`flowkit.geometry.grid_clusters`; default: the data's diameter over
+       :math:`\sqrt{d}\,2000^{1/d}`, about 2000 cells over the bounding box).
+    2. The steps whose :math:`\varepsilon` exceeds ``cluster_scale**2`` (the clusters'
+       blur is below the kernel's) run on the clusters (weights summed, weighted
+       centroids), every pair, dense.
+    3. The first step below (or the policy's last one) is the extrapolation: each point's
+       potential is the softmin of the coarse potentials of the other sample, one softmin
+       of ``N x K`` pairs each (the Sinkhorn update read as a function of the point).
+    4. The remaining steps run on the points in cluster order, over the cluster pairs the
+       kernel truncation keeps (the bound below), block-sparse
+       (:func:`flowkit.geometry.softmin_sparse`).
+
+    ``init`` (a warm start) skips steps 2-3. Returns the result (potentials in the
+    original order; its ``multiscale`` the :class:`MultiscaleReport`) and the truncated
+    problem at the final potentials (for the soft barycentres of the gradient). Checked
+    arguments are the caller's (:func:`sinkhorn`).
+    """
+    x, y = geom.x.flatten(1), geom.y.flatten(1)
+    d = x.shape[1]
+    diam2 = _diameter2(x, y, geom)
+    scale = cluster_scale if cluster_scale is not None else max(
+        math.sqrt(diam2) / (math.sqrt(d) * _CLUSTERS ** (1.0 / d)),
+        torch.finfo(x.dtype).eps ** 0.5)
+    cx = grid_clusters(x, geom.a, scale)
+    cy = cx if symmetric else grid_clusters(y, geom.b, scale)
+    fine_geom = PointCloud.checked(cx.sort(x), cy.sort(y), a=cx.sort(geom.a),
+                                   b=cy.sort(geom.b), **geom.policy)
+    fine = _TruncatedProblem(fine_geom, symmetric, cx, cy, truncate)
+    loop = {"max_iter": max_iter, "tol": tol, "check_every": check_every}
+    coarse_it, switch = 0, eps
+    if init is None:
+        steps = _steps(policy, _schedule(geom, eps, policy, scaling))
+        k = next(i for i, (kind, e) in enumerate(steps)
+                 if e <= scale**2 or kind in ("final", "converge"))
+        if k == 0:
+            raise ValueError(f"cluster_scale={scale:.3g} is above the data's diameter "
+                             f"scale (its square {scale**2:.3g} exceeds the first eps level "
+                             f"{steps[0][1]:.3g}): nothing to solve on the clusters; use a "
+                             f"smaller cluster_scale or scheme='dense'")
+        kind, switch = steps[k]
+        # a converge step above the cluster scale converges on the clusters first
+        coarse_steps = steps[:k] + ([steps[k]] if kind == "converge" and switch > scale**2
+                                    else [])
+        fine_steps = steps[k + 1:] + ([steps[k]] if kind == "converge" else [])
+        coarse = _CoarseProblem(PointCloud.checked(cx.centroids, cy.centroids, a=cx.weights,
+                                                   b=cy.weights, **geom.policy), symmetric)
+        F, G, coarse_it = coarse.run(coarse_steps, None, None, **loop)
+        f = _extrapolate(fine_geom.x, cy, G, switch, geom)
+        g = f if symmetric else _extrapolate(fine_geom.y, cx, F, switch, geom)
+        fine_it = 1
+    else:
+        f, g = cx.sort(init[0]), cy.sort(init[1])
+        fine_steps, fine_it = [("final" if policy == "geomloss" else "converge", eps)], 0
+    f, g, n = fine.run(fine_steps, f, g, **loop)
+    fine.prepare(f, g, eps)  # the final blocks: the check and the gradient run on them
+    change, marg = fine.check(f, g, eps)
+    f = cx.unsort(f)
+    g = f if symmetric else cy.unsort(g)
+    report = MultiscaleReport(cluster_scale=scale, clusters=(cx.ranges.shape[0],
+                                                              cy.ranges.shape[0]),
+                              coarse_iterations=coarse_it, fine_iterations=fine_it + n,
+                              switch_eps=switch, kept_fraction=fine.xy.kept_fraction)
+    return SinkhornResult(f=f, g=g, eps=eps, iterations=coarse_it + fine_it + n,
+                          converged=change < tol, marginal_error=marg,
+                          potential_change=change, policy=policy, scheme="multiscale",
+                          multiscale=report), fine
+
+
+def _extrapolate(points: Tensor, clusters: GridClusters, potential: Tensor, eps: float,
+                 geom: PointCloud) -> Tensor:
+    """The Sinkhorn update of a coarse potential, evaluated at the points: one softmin."""
+    cloud = PointCloud.checked(points, clusters.centroids, b=clusters.weights, **geom.policy)
+    return softmin_sparse(cloud, clusters.weights.log() + potential / eps, eps)[0]
 
 
 def sinkhorn_potentials(x: Tensor, y: Tensor | None, eps: float, *, scaling: float = 0.5,
@@ -353,6 +650,21 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         resumed run is unchanged.
     target_weights : Tensor, optional
         ``(M,)`` probability weights of the data (default uniform).
+    scheme : {"dense", "multiscale"}
+        ``"dense"``: every softmin over every pair. ``"multiscale"`` (points of dimension
+        at most 3): the coarse-to-fine scheme of the module docstring, the
+        :math:`\varepsilon` levels above ``cluster_scale**2`` on grid clusters, the rest
+        on the points over the kept blocks of a truncated kernel; ``functional_gradient``
+        runs its soft barycentres on those blocks too. For large samples (measured faster
+        than the dense scheme from a few thousand points, ``docs/geometry.md``);
+        ``last_results[i].multiscale`` reports the levels and the kept share of pairs.
+    cluster_scale : float, optional
+        Side of the multiscale scheme's grid cells (default: the data's diameter over
+        :math:`\sqrt{d}\,2000^{1/d}`, about 2000 cells over the bounding box).
+    truncate : float
+        The multiscale scheme drops the cluster pairs whose lower bound of
+        :math:`C_{ij} - f_i - g_j` exceeds ``truncate * eps``: each row's sum then moves by
+        a factor within :math:`e^{-\mathrm{truncate}}` of 1.
 
     See Also
     --------
@@ -392,7 +704,9 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
                  scaling: float = 0.5, max_iter: int = 1000, tol: float = 1e-6,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, warm_start: bool = True,
                  policy: str = "converge", backend: str = "auto",
-                 target_weights: Tensor | None = None, data: Tensor | PointCloud = MISSING):
+                 target_weights: Tensor | None = None, data: Tensor | PointCloud = MISSING,
+                 scheme: str = "dense", cluster_scale: float | None = None,
+                 truncate: float = DEFAULT_TRUNCATE):
         data, name = renamed_keyword(target, data, "target", "data", "SinkhornDivergence")
         self._target_name = name
         if isinstance(data, PointCloud):
@@ -423,6 +737,8 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         self.max_iter = check_int(max_iter, "max_iter")
         self.tol = check_positive(tol, "tol")
         self.policy = check_choice(policy, "policy", POLICIES)
+        self.scheme, self.cluster_scale, self.truncate = _check_scheme(
+            scheme, cluster_scale, truncate, self.data.flatten(1).shape[1])
         # plain copies of the cloud's settings (part of the checkpointed configuration)
         self.memory_budget, self.backend = geom.memory_budget, geom.backend
         self._g_bb: Tensor | None = None  # the data's self-potential, cached
@@ -442,8 +758,12 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         return None if w is None else w.detach()
 
     def _kw(self) -> dict[str, Any]:
-        return {"scaling": self.scaling, "max_iter": self.max_iter, "tol": self.tol,
-                "policy": self.policy}
+        kw = {"scaling": self.scaling, "max_iter": self.max_iter, "tol": self.tol,
+              "policy": self.policy}
+        if getattr(self, "scheme", "dense") == "multiscale":
+            kw.update(scheme="multiscale", cluster_scale=self.cluster_scale,
+                      truncate=self.truncate)
+        return kw
 
     def _cloud(self, x: Tensor, y: Tensor, a: Tensor | None = None,
                b: Tensor | None = None) -> PointCloud:
@@ -482,15 +802,27 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         b = self.target_weights
         geom = self._cloud(xc, yc, weights, b)
         init = self._warm_init(geom, xc)
-        ab = sinkhorn(geom, self.eps, init=None if init is None else init[0], **self._kw())
-        aa = sinkhorn(self._cloud(xc, xc, weights, weights), self.eps, symmetric=True,
-                      init=None if init is None else init[1], **self._kw())
+        aa_geom = self._cloud(xc, xc, weights, weights)
+        truncated = None
+        if self._kw().get("scheme") == "multiscale":
+            kw = {k: v for k, v in self._kw().items() if k != "scheme"}
+            kw.update(check_every=10)
+            ab, ab_prob = _sinkhorn_multiscale(geom, self.eps, symmetric=False,
+                                              init=None if init is None else init[0], **kw)
+            aa, aa_prob = _sinkhorn_multiscale(aa_geom, self.eps, symmetric=True,
+                                              init=None if init is None else init[1], **kw)
+            truncated = (ab_prob, aa_prob)
+        else:
+            ab = sinkhorn(geom, self.eps, init=None if init is None else init[0],
+                          **self._kw())
+            aa = sinkhorn(aa_geom, self.eps, symmetric=True,
+                          init=None if init is None else init[1], **self._kw())
         self.last_iterations = (ab.iterations, aa.iterations)
         self.last_results = (ab, aa)
         if self.warm_start:
             self._warm = {"x": xc, "a": weights, "f_ab": ab.f, "g_ab": ab.g, "f_aa": aa.f}
         return {"xc": xc, "yc": yc, "center": center, "f_ab": ab.f, "g_ab": ab.g,
-                "f_aa": aa.f, "a": weights, "b": b}
+                "f_aa": aa.f, "a": weights, "b": b, "truncated": truncated}
 
     def _center(self, y2: Tensor) -> Tensor:
         """The data's mean ``(1, D)``, the frame of every solve (a sharded objective's is
@@ -523,7 +855,12 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
         return self._potential(self._solve(x, self._check(x, weights)))
 
     def functional_gradient(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
-        return self.first_variation(x, weights).grad(x)
+        s = self._solve(x, self._check(x, weights))
+        if s["truncated"] is None:
+            return self._potential(s).grad(x)
+        # multiscale: both soft barycentres over the blocks the final truncations kept
+        ab, aa = s["truncated"]
+        return (aa.barycenter - ab.barycenter).view_as(x)
 
     def value(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         r""":math:`S_\varepsilon = \langle\alpha, f_{ab} - f_{aa}\rangle
