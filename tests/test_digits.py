@@ -189,3 +189,22 @@ def test_plateau_rule_rejects_bad_input_and_never_calls_a_diverged_run_flat():
     assert out["plateau_reached"] is True  # the flat stretch before the NaNs stops it
     nan_run = digits.plateau_rule(_steps(21), [float("nan")] * 21, RULE)
     assert nan_run["plateau_reached"] is False and nan_run["stop"] == 20
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_pretrain_figure_says_where_and_why_it_stopped(flat):
+    pytest.importorskip("matplotlib")
+    from flowkit import plotting
+
+    steps = _steps(12)
+    scores = [5.0] * 12 if flat else [2.0 + 0.001 * s for s in steps]
+    curve = {"generator_steps": steps, "IS": scores, "FD": [30.0 - s / 500 for s in steps],
+             "plateau_reached": flat, "stopped_at": steps[-1]}
+    fig = digits.pretrain_figure(curve, {"IS": 9.0, "FD": 2.4}, RULE)
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert ("plateau reached at 2750 steps" if flat else "cap of 2750 steps: NO plateau") \
+        in labels
+    assert plotting.figure_problems(fig) == []
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
