@@ -69,6 +69,10 @@ def test_quick_run_and_checkpoint(tmp_path, capsys):
     assert res["plateau_reached"] is False and res["pretrain"]["plateau_reached"] is False
     assert res["pretrain_steps"] == res["pretrain"]["stopped_at"] == cfg.pretrain_max
     assert ckpt["plateau_reached"] is False and ckpt["generator_steps"] == cfg.pretrain_max
+    # the rule is stated in config.json, in words and in its settings
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert "least-squares line through the last 3 evaluations" in config["plateau_rule"]
+    assert (config["plateau_window"], config["patience"]) == (3, cfg.patience)
     # the rule's decision can be re-checked from the curve in results.json
     curve = res["pretrain"]
     decision = digits.plateau_rule(curve["generator_steps"], curve["IS"], cfg)

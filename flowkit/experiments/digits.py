@@ -223,6 +223,16 @@ def plateau_rule(steps: list[int], scores: list[float], cfg: DigitsConfig) -> di
     return {"stop": None, "plateau_reached": False, "checks": checks}
 
 
+def plateau_rule_text(cfg: DigitsConfig) -> str:
+    """The stop rule of the pretraining in words, with this configuration's numbers."""
+    return (f"IS on {cfg.n_eval} fixed latents every {cfg.eval_every} generator steps; a "
+            f"least-squares line through the last {cfg.plateau_window} evaluations is flat when "
+            f"its rise over them is below max({cfg.plateau_tol} x their mean, "
+            f"{cfg.noise_factor} x the residual standard deviation of the fit); stop after "
+            f"{cfg.patience} flat windows in a row and at least {cfg.pretrain_min} steps, or at "
+            f"{cfg.pretrain_max} steps with plateau_reached false")
+
+
 def cap_warning(step: int | None, cfg: DigitsConfig | None = None) -> str:
     """The loud line of a start that is not a plateau (``step=None``: not recorded)."""
     if step is None:
@@ -561,7 +571,8 @@ def configure(args: argparse.Namespace) -> dict[str, Any]:
                          f"steps must be a multiple of n_critic = {cfg.n_critic}, so both arms "
                          "are measured at equal critic steps")
     args._cfg = cfg
-    return {**asdict(args._cfg), "device": args.device, "checkpoint": args.checkpoint}
+    return {**asdict(args._cfg), "plateau_rule": plateau_rule_text(cfg),
+            "device": args.device, "checkpoint": args.checkpoint}
 
 
 def main(args: argparse.Namespace):
