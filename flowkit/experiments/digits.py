@@ -55,13 +55,20 @@ class DigitsConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     batch_size: int = 64
     n_critic: int = 5
-    # pretraining: evaluate every `eval_every` generator steps; stop when the IS has not
-    # risen by `plateau_tol` (relative) over its best for `patience` evaluations
-    pretrain_max: int = 2000
-    pretrain_min: int = 750
+    # pretraining ([NS18] sec. 7: "until the Inception score plateaus"), the rule of
+    # `plateau_rule`: every `eval_every` generator steps the IS on the fixed evaluation
+    # latents; fit a least-squares line to the last `plateau_window` evaluations; the window
+    # is flat when the line's rise over it is below max(`plateau_tol` x the window's mean,
+    # `noise_factor` x the residual standard deviation of the fit, the IS noise); stop once
+    # `patience` consecutive windows are flat (and at least `pretrain_min` steps ran), or
+    # at `pretrain_max` generator steps with `plateau_reached: false`
+    pretrain_max: int = 10000
+    pretrain_min: int = 1500
     eval_every: int = 250
+    plateau_window: int = 6
     plateau_tol: float = 0.02
-    patience: int = 3
+    noise_factor: float = 2.0
+    patience: int = 2
     # Algorithm 1 (paper: critic Adam 5e-5, T_0 = datasize / b, eta = 0.5 on CIFAR-10)
     alg1_lr: float = 5e-5
     step_size: float = 0.5
@@ -84,8 +91,9 @@ class DigitsConfig:
 ARMS = {"wgan-gp": "Algorithm 1 (WGAN-GP critic)", "continued": "WGAN-GP continued",
         "mmd": "Algorithm 1 (MMD critic)"}
 
-QUICK = dict(pretrain_max=30, pretrain_min=10, eval_every=10, outer_steps=3, critic_steps=5,
-             monitor_every=1, n_eval=200, seeds=1, gen_width=16, critic_width=16)
+QUICK = dict(pretrain_max=30, pretrain_min=10, eval_every=10, plateau_window=3,
+             outer_steps=3, critic_steps=5, monitor_every=1, n_eval=200, seeds=1,
+             gen_width=16, critic_width=16)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -148,14 +156,107 @@ class LatentBase:
 # --------------------------------------------------------------------------- phases
 
 
+def plateau_window_check(steps: list[int], scores: list[float], tol: float,
+                         noise_factor: float) -> dict[str, float | bool]:
+    """The plateau test on one window of evaluations (generator ``steps``, IS ``scores``).
+
+    A least-squares line through the window; ``rise`` is its rise from the first to the
+    last step; ``noise`` is the residual standard deviation of the fit (the IS on a finite
+    latent set jitters from one evaluation to the next); the window is ``flat`` when
+    ``rise < threshold = max(tol * mean, noise_factor * noise)``. A non-finite score (a
+    diverged run) is never flat.
+    """
+    t = torch.tensor(steps, dtype=torch.float64)
+    y = torch.tensor(scores, dtype=torch.float64)
+    if len(t) < 3 or len(t) != len(y):
+        raise ValueError(f"a plateau window needs >= 3 (step, score) pairs, got {len(t)} "
+                         f"steps and {len(y)} scores")
+    if not bool(torch.isfinite(y).all()):
+        nan = float("nan")
+        return {"rise": nan, "noise": nan, "threshold": nan, "flat": False}
+    tc, yc = t - t.mean(), y - y.mean()
+    slope = (tc * yc).sum() / tc.square().sum()
+    noise = float(((yc - slope * tc).square().sum() / (len(t) - 2)).sqrt())
+    rise = float(slope * (t[-1] - t[0]))
+    threshold = max(tol * float(y.mean()), noise_factor * noise)
+    return {"rise": rise, "noise": noise, "threshold": threshold, "flat": rise < threshold}
+
+
+def plateau_rule(steps: list[int], scores: list[float], cfg: DigitsConfig) -> dict[str, Any]:
+    """The pretraining's stop rule applied to a score sequence (see :class:`DigitsConfig`).
+
+    Parameters
+    ----------
+    steps, scores
+        Generator steps and the IS measured there, in order (the pretraining's curve).
+    cfg
+        Its ``plateau_window``, ``plateau_tol``, ``noise_factor``, ``patience``,
+        ``pretrain_min`` and ``pretrain_max``.
+
+    Returns
+    -------
+    dict
+        ``stop``: index of the evaluation where the run stops (``None``: keep training);
+        ``plateau_reached``: whether it stops because ``patience`` consecutive windows were
+        flat (``False`` when it stops at the cap ``pretrain_max``); ``checks``: the window
+        test at every evaluation (``None`` before the first full window).
+    """
+    from flowkit.validation import check_int
+
+    window = check_int(cfg.plateau_window, "plateau_window", minimum=3)
+    patience = check_int(cfg.patience, "patience")
+    if len(steps) != len(scores):
+        raise ValueError(f"steps and scores must have the same length, got {len(steps)} and "
+                         f"{len(scores)}")
+    checks: list[dict[str, Any] | None] = []
+    flat = 0
+    for k in range(len(scores)):
+        check = None if k + 1 < window else plateau_window_check(
+            steps[k + 1 - window:k + 1], scores[k + 1 - window:k + 1], cfg.plateau_tol,
+            cfg.noise_factor)
+        checks.append(check)
+        flat = flat + 1 if check is not None and check["flat"] else 0
+        if steps[k] >= cfg.pretrain_min and flat >= patience:
+            return {"stop": k, "plateau_reached": True, "checks": checks}
+        if steps[k] >= cfg.pretrain_max:
+            return {"stop": k, "plateau_reached": False, "checks": checks}
+    return {"stop": None, "plateau_reached": False, "checks": checks}
+
+
+def plateau_rule_text(cfg: DigitsConfig) -> str:
+    """The stop rule of the pretraining in words, with this configuration's numbers."""
+    return (f"IS on {cfg.n_eval} fixed latents every {cfg.eval_every} generator steps; a "
+            f"least-squares line through the last {cfg.plateau_window} evaluations is flat when "
+            f"its rise over them is below max({cfg.plateau_tol} x their mean, "
+            f"{cfg.noise_factor} x the residual standard deviation of the fit); stop after "
+            f"{cfg.patience} flat windows in a row and at least {cfg.pretrain_min} steps, or at "
+            f"{cfg.pretrain_max} steps with plateau_reached false")
+
+
+def cap_warning(step: int | None, cfg: DigitsConfig | None = None) -> str:
+    """The loud line of a start that is not a plateau (``step=None``: not recorded)."""
+    if step is None:
+        return ("WARNING: the checkpoint does not record whether its pretraining reached the "
+                "plateau (an older run); the start may not be a plateau")
+    rule = f" (the rule of plateau_window={cfg.plateau_window}, " \
+           f"plateau_tol={cfg.plateau_tol}, noise_factor={cfg.noise_factor}, " \
+           f"patience={cfg.patience})" if cfg is not None else ""
+    return (f"WARNING: PLATEAU NOT REACHED: the pretraining stopped at the cap of {step} "
+            f"generator steps with the IS still rising{rule}; the start of the comparison "
+            "is not a plateau (raise --pretrain-max)")
+
+
 def pretrain(cfg: DigitsConfig, data: Tensor, metrics, *, progress: bool = False
              ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """WGAN-GP from scratch until the IS plateaus; returns ``(checkpoint, curve)``."""
+    """WGAN-GP from scratch until the IS plateaus (:func:`plateau_rule`).
+
+    Returns ``(checkpoint, curve)``; both record ``plateau_reached`` and the step where the
+    run stopped, and the curve every window's test.
+    """
     gan = make_wgan(cfg, data, cfg.seed)
     z = eval_latents(cfg, cfg.seed)
-    curve: dict[str, list] = {"generator_steps": [], "critic_steps": [], "IS": [], "FD": [],
-                              "W2": []}
-    best, stale = -math.inf, 0
+    curve: dict[str, Any] = {"generator_steps": [], "critic_steps": [], "IS": [], "FD": [],
+                             "W2": []}
     start = time.perf_counter()
     while True:
         m = evaluate(metrics, samples(gan.generator, z))
@@ -163,24 +264,28 @@ def pretrain(cfg: DigitsConfig, data: Tensor, metrics, *, progress: bool = False
         curve["critic_steps"].append(gan.critic_steps)
         for k in ("IS", "FD", "W2"):
             curve[k].append(m[k])
+        decision = plateau_rule(curve["generator_steps"], curve["IS"], cfg)
         if progress:
+            check = decision["checks"][-1]
+            test = "" if check is None else (
+                f"  window rise {check['rise']:+.3f} vs threshold {check['threshold']:.3f} "
+                f"(noise {check['noise']:.3f}): {'flat' if check['flat'] else 'rising'}")
             print(f"  pretrain {gan.generator_steps:>5}: IS {m['IS']:.3f} FD {m['FD']:.2f} "
-                  f"W2 {m['W2']:.3f}", flush=True)
-        if m["IS"] > best * (1 + cfg.plateau_tol):
-            best, stale = m["IS"], 0
-        else:
-            stale += 1
-        done = gan.generator_steps >= cfg.pretrain_max or (
-            gan.generator_steps >= cfg.pretrain_min and stale >= cfg.patience)
-        if done:
+                  f"W2 {m['W2']:.3f}{test}", flush=True)
+        if decision["stop"] is not None:
             break
         gan.train(cfg.eval_every)
-    curve["plateaued"] = stale >= cfg.patience
+    curve["plateau_reached"] = decision["plateau_reached"]
+    curve["stopped_at"] = gan.generator_steps
+    curve["checks"] = decision["checks"]
     curve["wall_time"] = time.perf_counter() - start
+    if not curve["plateau_reached"]:
+        print(cap_warning(gan.generator_steps, cfg), flush=True)
     checkpoint = {"generator": gan.generator.state_dict(),
                   "generator_optimizer": gan.optimizer.state_dict(),
                   "critic": gan.critic.state_dict(),
                   "generator_steps": gan.generator_steps,
+                  "plateau_reached": curve["plateau_reached"],
                   "architecture": {"latent_dim": cfg.latent_dim, "gen_width": cfg.gen_width,
                                    "critic_width": cfg.critic_width}}
     return checkpoint, curve
@@ -371,6 +476,42 @@ def curves_figure(arms: dict[str, list[dict[str, Any]]], real: dict[str, float],
     return fig
 
 
+def pretrain_figure(curve: dict[str, Any], real: dict[str, float], cfg: DigitsConfig):
+    """The pretraining's IS and FD against generator steps, where it stopped and why.
+
+    The IS panel shows the least-squares line of the last window of :func:`plateau_rule`
+    and a vertical line at the stop, labelled with the verdict (plateau or cap).
+    """
+    from flowkit import plotting
+
+    fig, axes = plotting.figure(2, width=8.0, height=2.8)
+    steps = curve["generator_steps"]
+    stop = curve["stopped_at"]
+    verdict = (f"plateau reached at {stop} steps" if curve["plateau_reached"] else
+               f"cap of {stop} steps: NO plateau")
+    w = cfg.plateau_window
+    t = torch.tensor(steps[-w:], dtype=torch.float64)
+    y = torch.tensor(curve["IS"][-w:], dtype=torch.float64)
+    tc = t - t.mean()
+    fit = y.mean() + ((tc * (y - y.mean())).sum() / tc.square().sum()) * tc
+    for ax, key, label in zip(axes, ("IS", "FD"), ("digits IS (higher is better)",
+                                                   "FD (lower is better)")):
+        plotting.plot_curves(ax, {"WGAN-GP, seed 0": (steps, curve[key])})
+        plotting.reference_line(ax, real[key], "real vs real")
+        # not the reference style: the stop must not read as a second "real vs real"
+        ax.axvline(stop, color="C3" if curve["plateau_reached"] is False else "C2", ls="--",
+                   lw=1.2, label=verdict, zorder=1)
+        ax.set_xlabel("WGAN-GP generator steps")
+        ax.set_ylabel(label)
+    axes[0].plot(t.tolist(), fit.tolist(), color="k", lw=2.0,
+                 label=f"line fit over the last {w} evaluations")
+    axes[1].set_yscale("log")
+    plotting.place_legend(fig, axes[:1], loc="outside lower center")
+    fig.suptitle(f"digits pretraining: IS and FD on {cfg.n_eval} fixed latents every "
+                 f"{cfg.eval_every} steps")
+    return fig
+
+
 # --------------------------------------------------------------------------- command
 
 
@@ -383,7 +524,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-size", type=number(0, strict=True), default=None,
                         help="eta (0.5)")
     parser.add_argument("--pretrain-max", type=integer(1), default=None,
-                        help="most WGAN-GP generator steps of the pretraining (2000)")
+                        help="most WGAN-GP generator steps of the pretraining (10000); a run that "
+                             "hits it reports plateau_reached: false")
     parser.add_argument("--no-mmd", action="store_true", help="skip the MMD-critic arm")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None,
                         help="run only these arms (default all: wgan-gp continued mmd); the "
@@ -429,7 +571,8 @@ def configure(args: argparse.Namespace) -> dict[str, Any]:
                          f"steps must be a multiple of n_critic = {cfg.n_critic}, so both arms "
                          "are measured at equal critic steps")
     args._cfg = cfg
-    return {**asdict(args._cfg), "device": args.device, "checkpoint": args.checkpoint}
+    return {**asdict(args._cfg), "plateau_rule": plateau_rule_text(cfg),
+            "device": args.device, "checkpoint": args.checkpoint}
 
 
 def main(args: argparse.Namespace):
@@ -445,7 +588,11 @@ def run(args: argparse.Namespace, folder) -> None:
     out = _run(cfg, args, folder, DigitsMetrics())
     out["total_wall_time"] = time.perf_counter() - t_start
     folder.write_json("results.json", out)
-    text = "\n".join([out["table_md"], "", out["verdict"], "",
+    start = (f"start: the pretraining's generator after {out['pretrain_steps']} steps, "
+             + ("at its plateau" if out["plateau_reached"] else
+                cap_warning(None if out["plateau_reached"] is None else out["pretrain_steps"],
+                            cfg)))
+    text = "\n".join([out["table_md"], "", start, "", out["verdict"], "",
                       f"classifier held-out accuracy {out['classifier_accuracy']:.4f}; "
                       f"wall time {out['total_wall_time']:.1f} s"])
     folder.file("table.md").write_text(text + "\n", encoding="utf-8")
@@ -453,21 +600,20 @@ def run(args: argparse.Namespace, folder) -> None:
 
 
 def _run(cfg: DigitsConfig, args: argparse.Namespace, folder, metrics) -> dict[str, Any]:
-    from flowkit.plotting import plot_metrics, save_figure
+    from flowkit.plotting import save_figure
 
     data = metrics.split.train_images
     real = metrics.real_vs_real()
     progress = not args.no_progress
     if args.checkpoint:
         ckpt, curve = load_checkpoint(cfg, args.checkpoint), None
+        if not ckpt.get("plateau_reached", False):
+            print(cap_warning(ckpt["generator_steps"] if "plateau_reached" in ckpt else None,
+                              cfg), flush=True)
     else:
         ckpt, curve = pretrain(cfg, data, metrics, progress=progress)
         torch.save(ckpt, folder.file("pretrained.pt"))
-        save_figure(plot_metrics({"WGAN-GP": (curve["generator_steps"], curve["IS"])},
-                                 xlabel="WGAN-GP generator steps", ylabel="digits IS",
-                                 logy=False, title="pretraining",
-                                 references={"real vs real": real["IS"]}),
-                    folder, "pretrain")
+        save_figure(pretrain_figure(curve, real, cfg), folder, "pretrain")
     arm_names = run_arms(cfg)
     arms: dict[str, list[dict[str, Any]]] = {name: [] for name in arm_names}
     finals: dict[str, Tensor] = {}
@@ -502,5 +648,7 @@ def _run(cfg: DigitsConfig, args: argparse.Namespace, folder, metrics) -> dict[s
                                     f"{cfg.seeds} seed(s), eta={cfg.step_size}"),
                 folder, "figure3")
     return {"config": asdict(cfg), "classifier_accuracy": metrics.accuracy,
-            "real_vs_real": real, "pretrain": curve, "arms": arms, "table": summary["rows"],
+            "real_vs_real": real, "pretrain": curve,
+            "plateau_reached": ckpt.get("plateau_reached"),
+            "pretrain_steps": ckpt["generator_steps"], "arms": arms, "table": summary["rows"],
             "table_md": format_table(summary["rows"]), "verdict": summary["verdict"]}
