@@ -24,6 +24,7 @@ shape checked): the C code trusts what it is given, so nothing else may call it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -59,6 +60,9 @@ LARGE_D_TILES = "fused"
 # was within 10% and the load on that machine; larger tiles stream from L3 or RAM, smaller
 # ones pay Python's per-call cost. Augmented: the previous path's tile, kept as it was.
 _TILES = {"fused": (1024, 256), "augmented": (256, 2048)}
+# Runs of column panels per worker thread of the fused tiles, handed out dynamically: a
+# worker slowed down by other processes does not hold the others up at the end.
+_CHUNKS_PER_THREAD = 4
 
 
 class NativeBuildError(RuntimeError):
@@ -392,6 +396,20 @@ class WorkerPool:
 POOL = WorkerPool()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` for the block, restored after it."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def scaled_exp(a: Tensor, s: float = 1.0) -> None:
     """``a <- exp(s a)`` in place with the native exponential (float32 CPU tensor)."""
     lib = library()
@@ -421,82 +439,131 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
         chunk = max(4, -(-n // (8 * threads)))
         POOL.run(lambda a, b: lib.gauss_reduce(xs, yt, vt, out, a, b), n, chunk)
         return out
-    return _gram_tiles(lib, x, y, V, c, *_tile_shape(n, rows, threads))
-
-
-def _tile_shape(n: int, rows: int, threads: int) -> tuple[int, int]:
-    """Rows and columns of a tile of the large-d path for a block of ``n`` rows.
-
-    Fused tiles are as tall as allowed (each panel of ``y`` and ``V`` is read once per row
-    tile), with at least two row chunks per thread when several threads share the rows
-    (handed out dynamically), and keep their number of entries when they have fewer rows
-    (each tile costs a few Python calls). The previous path keeps its own rule.
-    """
-    tile_rows, tile_cols = _TILES[LARGE_D_TILES]
-    if LARGE_D_TILES == "augmented":
-        return max(1, min(rows, tile_rows, -(-n // (4 * threads)))), tile_cols
-    rows = max(1, min(rows, tile_rows, n if threads == 1 else -(-n // (2 * threads))))
-    return rows, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8)
+    return _gram_tiles(lib, x, y, V, c, rows, threads)
 
 
 def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
-                cols: int) -> Tensor:
-    r"""The large-``d`` path: per cache-sized tile of ``rows x cols`` kernel entries,
-    a BLAS product written into a preallocated buffer, the exponential in place while the
-    tile is in cache, then the tile's second product ``tile @ V``. Threads split the rows.
+                threads: int) -> Tensor:
+    r"""The large-``d`` path: per cache-sized tile of kernel entries, a BLAS product written
+    into a preallocated buffer, the exponential in place while the tile is in cache, then
+    the tile's second product ``tile @ V``. Each worker runs BLAS on one thread.
 
-    ``"fused"`` tiles (:data:`LARGE_D_TILES`): the tile is ``x y^T`` (inner size ``d``),
-    then one native pass (``fk_gauss_tile``) adds the exponent's row and column terms
-    ``-c|x_i|^2 - c|y_j|^2``, exponentiates and reduces ``V``'s last column (the weights of
-    a kernel sum or of a gradient), so the second BLAS product has ``K - 1`` columns
-    (``d`` for a gradient) and a kernel sum needs none. ``"augmented"`` tiles (the previous
-    path): one product of ``[x, 1, |x|^2]`` and ``[2c y, -c|y|^2, -c]`` (inner size
-    ``d + 2``), the exponential, then all ``K`` columns by BLAS; kept for the benchmark.
+    ``"fused"`` tiles (:data:`LARGE_D_TILES`, :func:`_fused_tiles`): the tile is ``x y^T``
+    (inner size ``d``), then one native pass (``fk_gauss_tile``) adds the exponent's row
+    and column terms ``-c|x_i|^2 - c|y_j|^2``, exponentiates and reduces ``V``'s last column
+    (the weights of a kernel sum or of a gradient), so the second BLAS product has
+    ``K - 1`` columns (``d`` for a gradient) and a kernel sum needs none. ``"augmented"``
+    tiles (the previous path, :func:`_augmented_tiles`): one product of ``[x, 1, |x|^2]``
+    and ``[2c y, -c|y|^2, -c]`` (inner size ``d + 2``), the exponential, then all ``K``
+    columns by BLAS; kept for the benchmark.
+    """
+    if LARGE_D_TILES == "augmented":
+        return _augmented_tiles(lib, x, y, V, c, rows, threads)
+    return _fused_tiles(lib, x, y, V, c, rows, threads)
+
+
+class _TileWorker:
+    """One worker's tile buffer and private accumulators (the rows' sums against ``V``'s
+    first ``K - 1`` columns and against its last), bound to the native pass."""
+
+    def __init__(self, lib: NativeLibrary, size: int, p: Tensor, q: Tensor, u: Tensor,
+                 k: int, s: float):
+        self.buf = p.new_empty(size)
+        self.out = p.new_zeros(p.shape[0], k)
+        self.last = p.new_zeros(p.shape[0])
+        self.epilogue = lib.tile_epilogue(self.buf, p, q, u, self.last, s)
+
+
+def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
+                 threads: int) -> Tensor:
+    r"""Fused tiles, the workers splitting the *columns* of the kernel matrix.
+
+    Each worker takes runs of column panels (handed out dynamically) and, per panel, sweeps
+    every row tile into its own accumulators, summed at the end. Splitting columns instead
+    of rows keeps the tile the shape measured best on one thread whatever the number of
+    threads (splitting ``N`` rows over ``T`` workers made the tiles ``T`` times shorter),
+    and balances the work to one panel. Everything that runs on this thread before the
+    workers start runs single-threaded: a torch operation on several threads leaves
+    OpenMP threads spinning, which would take cores from the workers.
     """
     n, m = x.shape[0], y.shape[0]
-    fused = LARGE_D_TILES == "fused"
-    if fused:
-        xb, yb, vb = x.contiguous(), y.contiguous(), V[:, :-1].contiguous()
-        p, q = -c * x.pow(2).sum(1), -c * y.pow(2).sum(1)
-        u, last = V[:, -1].contiguous(), x.new_zeros(n)
-    else:
-        xb = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
-        yb = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True),
-                        y.new_full((m, 1), -c)], 1)
-        vb = V
-    out = x.new_zeros(n, vb.shape[1])
+    k = V.shape[1] - 1
+    tile_rows, tile_cols = _TILES["fused"]
+    rows = max(1, min(rows, tile_rows, n))
+    rows = -(-n // -(-n // rows))  # equal row tiles: no short last tile
+    cols = min(m, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8))
+    with torch_threads(1):
+        xb, yb = x.contiguous(), y.contiguous()
+        p, q = -c * xb.pow(2).sum(1), -c * yb.pow(2).sum(1)
+        u, vb = V[:, -1].contiguous(), V[:, :-1]  # vb: BLAS reads the strided view
+    idle: queue.SimpleQueue[_TileWorker] = queue.SimpleQueue()
+    workers: list[_TileWorker] = []
+
+    def work(j0: int, j1: int) -> None:
+        try:
+            w = idle.get_nowait()
+        except queue.Empty:
+            w = _TileWorker(lib, rows * cols, p, q, u, k, 2.0 * c)
+            workers.append(w)  # list.append is atomic
+        for j in range(j0, j1, cols):
+            jn = min(j1, j + cols)
+            yj, vj = yb[j:jn], vb[j:jn]
+            for r in range(0, n, rows):
+                r1 = min(n, r + rows)
+                e = w.buf[:(r1 - r) * (jn - j)].view(r1 - r, jn - j)
+                torch.mm(xb[r:r1], yj.T, out=e)
+                w.epilogue(r, r1, j, jn)
+                if k:
+                    w.out[r:r1].addmm_(e, vj)
+        idle.put(w)
+
+    panels = -(-m // cols)
+    chunk = cols * max(1, panels // (_CHUNKS_PER_THREAD * threads))
+    POOL.run(work, m, chunk, single_threaded_torch=True)
+    with torch_threads(1):
+        out, last = workers[0].out, workers[0].last
+        for w in workers[1:]:
+            out += w.out
+            last += w.last
+        return torch.cat([out, last[:, None]], 1)
+
+
+def _augmented_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float,
+                     rows: int, threads: int) -> Tensor:
+    """The previous large-d path (``LARGE_D_TILES = "augmented"``), kept as it was for the
+    benchmark's before/after comparison: augmented operands, workers split the rows."""
+    n, m = x.shape[0], y.shape[0]
+    tile_rows, cols = _TILES["augmented"]
+    rows = max(1, min(rows, tile_rows, -(-n // (4 * threads))))
+    xb = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
+    yb = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True),
+                    y.new_full((m, 1), -c)], 1)
+    out = x.new_zeros(n, V.shape[1])
     cols = min(m, cols)
-    panels = [(j, yb[j:j + cols], vb[j:j + cols] if vb.shape[1] else None)
-              for j in range(0, m, cols)]
+    panels = [(j, yb[j:j + cols], V[j:j + cols]) for j in range(0, m, cols)]
     buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
 
     def work(a: int, b: int) -> None:
         # the previous path tiled the columns only: one worker (one thread) took all rows
-        step = rows if fused else max(1, b - a)
+        step = max(1, b - a)
         try:
             buf = buffers.get_nowait()
         except queue.Empty:
             buf = None
         if buf is None or buf.numel() < step * cols:
             buf = x.new_empty(step * cols)
-        if fused:
-            epilogue = lib.tile_epilogue(buf, p, q, u, last, 2.0 * c)
         for r in range(a, b, step):
             r1 = min(b, r + step)
             xi, oi = xb[r:r1], out[r:r1]
             for j, yj, vj in panels:
                 e = buf[:(r1 - r) * yj.shape[0]].view(r1 - r, yj.shape[0])
                 torch.mm(xi, yj.T, out=e)
-                if fused:
-                    epilogue(r, r1, j, j + yj.shape[0])
-                else:
-                    lib.scaled_exp(e, 1.0)
-                if vj is not None:
-                    oi.addmm_(e, vj)
+                lib.scaled_exp(e, 1.0)
+                oi.addmm_(e, vj)
         buffers.put(buf)
 
     POOL.run(work, n, rows, single_threaded_torch=True)
-    return torch.cat([out, last[:, None]], 1) if fused else out
+    return out
 
 
 def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool = False
