@@ -357,7 +357,7 @@ class WorkerPool:
         self._size = 0
 
     def run(self, fn, n: int, chunk: int, single_threaded_torch: bool = False) -> None:
-        """``fn(start, stop)`` over ``range(n)`` in chunks, on ``torch.get_num_threads()``
+        """``fn(start, stop)`` over ``range(n)`` in chunks, on :func:`worker_threads`
         workers.
 
         Chunks are handed out dynamically (many more chunks than threads), so a thread
@@ -367,7 +367,7 @@ class WorkerPool:
         global, so it is restored on return.
         """
         before = torch.get_num_threads()
-        size = max(1, min(before, -(-n // chunk)))
+        size = max(1, min(worker_threads(), -(-n // chunk)))
         if size == 1:
             fn(0, n)
             return
@@ -410,6 +410,38 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+_CALLER = threading.local()  # the worker count saved by serial_caller, per calling thread
+
+
+def worker_threads() -> int:
+    """The number of workers the native entry points split their work over: torch's
+    intra-op thread count, or the count it had when :func:`serial_caller` was entered."""
+    return getattr(_CALLER, "threads", None) or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def serial_caller():
+    """The calling thread's own torch operations on one thread for the block, while the
+    native entry points called in it keep torch's thread count for their workers.
+
+    A caller that prepares each block with torch operations (centring, stacking ``V``)
+    between native calls would otherwise run them on torch's OpenMP threads, which then
+    spin-wait for the next parallel region while the native workers compute, taking their
+    cores: measured on 2 cores, the large-d gradient's process CPU time then exceeds the
+    work by half or more. Those operations are ``O((N + M) d)``, the native call
+    ``O(N M d)``: one thread suffices for them. Nests (the outer count is kept).
+    """
+    if getattr(_CALLER, "threads", None):
+        yield
+        return
+    _CALLER.threads = torch.get_num_threads()
+    try:
+        with torch_threads(1):
+            yield
+    finally:
+        _CALLER.threads = None
+
+
 def scaled_exp(a: Tensor, s: float = 1.0) -> None:
     """``a <- exp(s a)`` in place with the native exponential (float32 CPU tensor)."""
     lib = library()
@@ -428,7 +460,7 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
     lib = library()
     n, d = x.shape
     m, k = V.shape
-    threads = torch.get_num_threads()
+    threads = worker_threads()
     if d <= lib.dmax and k <= lib.kmax:
         out = torch.zeros(n, k, dtype=torch.float32)
         s = math.sqrt(c)
@@ -462,29 +494,19 @@ def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, r
     return _fused_tiles(lib, x, y, V, c, rows, threads)
 
 
-class _TileWorker:
-    """One worker's tile buffer and private accumulators (the rows' sums against ``V``'s
-    first ``K - 1`` columns and against its last), bound to the native pass."""
-
-    def __init__(self, lib: NativeLibrary, size: int, p: Tensor, q: Tensor, u: Tensor,
-                 k: int, s: float):
-        self.buf = p.new_empty(size)
-        self.out = p.new_zeros(p.shape[0], k)
-        self.last = p.new_zeros(p.shape[0])
-        self.epilogue = lib.tile_epilogue(self.buf, p, q, u, self.last, s)
-
-
 def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
                  threads: int) -> Tensor:
     r"""Fused tiles, the workers splitting the *columns* of the kernel matrix.
 
-    Each worker takes runs of column panels (handed out dynamically) and, per panel, sweeps
-    every row tile into its own accumulators, summed at the end. Splitting columns instead
-    of rows keeps the tile the shape measured best on one thread whatever the number of
-    threads (splitting ``N`` rows over ``T`` workers made the tiles ``T`` times shorter),
-    and balances the work to one panel. Everything that runs on this thread before the
-    workers start runs single-threaded: a torch operation on several threads leaves
-    OpenMP threads spinning, which would take cores from the workers.
+    The columns are cut into runs of whole panels, handed out dynamically; a run's worker
+    sweeps every row tile per panel into the run's own accumulators, which are summed in
+    run order at the end (the result does not depend on which worker took which run).
+    Splitting columns instead of rows keeps the tile the shape measured best on one thread
+    whatever the number of threads (splitting ``N`` rows over ``T`` workers made the tiles
+    ``T`` times shorter), and balances the work to one panel. What runs on this thread
+    before the workers start runs single-threaded: a torch operation on several threads
+    leaves OpenMP threads spinning, which would take cores from the workers (see
+    :func:`serial_caller`).
     """
     n, m = x.shape[0], y.shape[0]
     k = V.shape[1] - 1
@@ -496,35 +518,34 @@ def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, 
         xb, yb = x.contiguous(), y.contiguous()
         p, q = -c * xb.pow(2).sum(1), -c * yb.pow(2).sum(1)
         u, vb = V[:, -1].contiguous(), V[:, :-1]  # vb: BLAS reads the strided view
-    idle: queue.SimpleQueue[_TileWorker] = queue.SimpleQueue()
-    workers: list[_TileWorker] = []
+    buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
+    sums: dict[int, tuple[Tensor, Tensor]] = {}  # per run of columns: (out, last)
 
     def work(j0: int, j1: int) -> None:
         try:
-            w = idle.get_nowait()
+            buf = buffers.get_nowait()
         except queue.Empty:
-            w = _TileWorker(lib, rows * cols, p, q, u, k, 2.0 * c)
-            workers.append(w)  # list.append is atomic
+            buf = x.new_empty(rows * cols)
+        out, last = x.new_zeros(n, k), x.new_zeros(n)
+        epilogue = lib.tile_epilogue(buf, p, q, u, last, 2.0 * c)
         for j in range(j0, j1, cols):
             jn = min(j1, j + cols)
             yj, vj = yb[j:jn], vb[j:jn]
             for r in range(0, n, rows):
                 r1 = min(n, r + rows)
-                e = w.buf[:(r1 - r) * (jn - j)].view(r1 - r, jn - j)
+                e = buf[:(r1 - r) * (jn - j)].view(r1 - r, jn - j)
                 torch.mm(xb[r:r1], yj.T, out=e)
-                w.epilogue(r, r1, j, jn)
+                epilogue(r, r1, j, jn)
                 if k:
-                    w.out[r:r1].addmm_(e, vj)
-        idle.put(w)
+                    out[r:r1].addmm_(e, vj)
+        sums[j0] = (out, last)
+        buffers.put(buf)
 
     panels = -(-m // cols)
-    chunk = cols * max(1, panels // (_CHUNKS_PER_THREAD * threads))
-    POOL.run(work, m, chunk, single_threaded_torch=True)
+    POOL.run(work, m, cols * max(1, panels // (_CHUNKS_PER_THREAD * threads)),
+             single_threaded_torch=True)
     with torch_threads(1):
-        out, last = workers[0].out, workers[0].last
-        for w in workers[1:]:
-            out += w.out
-            last += w.last
+        out, last = (torch.stack(t).sum(0) for t in zip(*(sums[j] for j in sorted(sums))))
         return torch.cat([out, last[:, None]], 1)
 
 
@@ -540,7 +561,7 @@ def _augmented_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: flo
                     y.new_full((m, 1), -c)], 1)
     out = x.new_zeros(n, V.shape[1])
     cols = min(m, cols)
-    panels = [(j, yb[j:j + cols], V[j:j + cols]) for j in range(0, m, cols)]
+    panels = [(yb[j:j + cols], V[j:j + cols]) for j in range(0, m, cols)]
     buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
 
     def work(a: int, b: int) -> None:
@@ -555,7 +576,7 @@ def _augmented_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: flo
         for r in range(a, b, step):
             r1 = min(b, r + step)
             xi, oi = xb[r:r1], out[r:r1]
-            for j, yj, vj in panels:
+            for yj, vj in panels:
                 e = buf[:(r1 - r) * yj.shape[0]].view(r1 - r, yj.shape[0])
                 torch.mm(xi, yj.T, out=e)
                 lib.scaled_exp(e, 1.0)
