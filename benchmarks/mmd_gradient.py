@@ -1,8 +1,9 @@
 r"""Benchmark: the MMD functional gradient of N particles against M = N data points.
 
 Compares, in one run on the same machine, flowkit (default backend, i.e. the fused native
-Gaussian path where available; the same with the large-d tiles as they were before the
-fusion of the exponential into the tiles, ``flowkit-before``; and the plain-torch
+Gaussian path where available; the same with the large-d path as it was before the
+fusion of the exponential into the tiles, ``flowkit-before``: augmented tiles, rows split
+over the workers, the caller's per-block torch operations on all threads; and the plain-torch
 backend), GeomLoss ``SamplesLoss("gaussian")`` with its tensorized and online (KeOps)
 backends, and a naive torch implementation that materializes the kernel matrices, for d in
 {2, 64}, N in {1k, 4k, 16k, 64k}, float32, CPU. The quantity is the gradient of the
@@ -60,7 +61,7 @@ METHODS = ["flowkit", "flowkit-before", "flowkit-torch", "geomloss-tensorized",
            "geomloss-online", "naive-torch"]
 LABELS = {
     "flowkit": "flowkit (auto: native fused)",
-    "flowkit-before": "flowkit (auto, previous large-d tiles)",
+    "flowkit-before": "flowkit (auto, previous large-d path)",
     "flowkit-torch": "flowkit (backend='torch')",
     "geomloss-tensorized": "GeomLoss tensorized",
     "geomloss-online": "GeomLoss online (KeOps)",
@@ -83,6 +84,7 @@ def _gradient_fn(method: str, x, y, h: float):
 
         if method == "flowkit-before":  # this cell's process only: the path before the fusion
             native.LARGE_D_TILES = "augmented"
+            native.SERIAL_CALLER = False  # and the caller's ops on torch's threads, as before
         backend = "torch" if method == "flowkit-torch" else "auto"
         obj = fk.objectives.MMD(y, fk.kernels.Gaussian(h), backend=backend)
         return lambda: obj.functional_gradient(x)

@@ -215,7 +215,7 @@ def test_native_fused_tiles_are_deterministic_on_two_threads(gen, monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_serial_caller_restores_threads_and_nests():
+def test_serial_caller_restores_threads_and_nests(monkeypatch):
     from flowkit.backends import native
 
     before = torch.get_num_threads()
@@ -229,6 +229,9 @@ def test_serial_caller_restores_threads_and_nests():
                 assert (torch.get_num_threads(), native.worker_threads()) == (1, 2)
                 raise RuntimeError("inside")
         assert (torch.get_num_threads(), native.worker_threads()) == (2, 2)
+        monkeypatch.setattr(native, "SERIAL_CALLER", False)  # the benchmark's "before"
+        with native.serial_caller():
+            assert (torch.get_num_threads(), native.worker_threads()) == (2, 2)
     finally:
         torch.set_num_threads(before)
 

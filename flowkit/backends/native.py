@@ -411,6 +411,10 @@ def torch_threads(n: int):
 
 
 _CALLER = threading.local()  # the worker count saved by serial_caller, per calling thread
+#: Whether :func:`serial_caller` takes the caller's torch operations to one thread (the
+#: default). Only ``benchmarks/mmd_gradient.py`` turns it off, in its "before" cells'
+#: processes, to time the previous behaviour in the same run; it is not a user setting.
+SERIAL_CALLER = True
 
 
 def worker_threads() -> int:
@@ -431,7 +435,7 @@ def serial_caller():
     work by half or more. Those operations are ``O((N + M) d)``, the native call
     ``O(N M d)``: one thread suffices for them. Nests (the outer count is kept).
     """
-    if getattr(_CALLER, "threads", None):
+    if not SERIAL_CALLER or getattr(_CALLER, "threads", None):
         yield
         return
     _CALLER.threads = torch.get_num_threads()
