@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "unavailable_reason", "library", "reduce", "scaled_exp",
-           "softmin", "NativeLibrary", "NativeBuildError", "cache_dir", "load_or_build", "FLAGS"]
+           "softmin", "NativeLibrary", "NativeBuildError", "cache_dir", "load_or_build", "FLAGS",
+           "serial_caller", "worker_threads"]
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
@@ -397,7 +398,7 @@ POOL = WorkerPool()
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
+def _torch_threads(n: int):
     """torch's intra-op thread count set to ``n`` for the block, restored after it."""
     before = torch.get_num_threads()
     if before == n:
@@ -440,7 +441,7 @@ def serial_caller():
         return
     _CALLER.threads = torch.get_num_threads()
     try:
-        with torch_threads(1):
+        with _torch_threads(1):
             yield
     finally:
         _CALLER.threads = None
@@ -518,7 +519,7 @@ def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, 
     rows = max(1, min(rows, tile_rows, n))
     rows = -(-n // -(-n // rows))  # equal row tiles: no short last tile
     cols = min(m, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8))
-    with torch_threads(1):
+    with _torch_threads(1):
         xb, yb = x.contiguous(), y.contiguous()
         p, q = -c * xb.pow(2).sum(1), -c * yb.pow(2).sum(1)
         u, vb = V[:, -1].contiguous(), V[:, :-1]  # vb: BLAS reads the strided view
@@ -548,7 +549,7 @@ def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, 
     panels = -(-m // cols)
     POOL.run(work, m, cols * max(1, panels // (_CHUNKS_PER_THREAD * threads)),
              single_threaded_torch=True)
-    with torch_threads(1):
+    with _torch_threads(1):
         out, last = (torch.stack(t).sum(0) for t in zip(*(sums[j] for j in sorted(sums))))
         return torch.cat([out, last[:, None]], 1)
 
