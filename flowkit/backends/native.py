@@ -434,7 +434,9 @@ def serial_caller():
     spin-wait for the next parallel region while the native workers compute, taking their
     cores: measured on 2 cores, the large-d gradient's process CPU time then exceeds the
     work by half or more. Those operations are ``O((N + M) d)``, the native call
-    ``O(N M d)``: one thread suffices for them. Nests (the outer count is kept).
+    ``O(N M d)``: one thread suffices for them. Nests (the outer count is kept). torch's
+    thread count is process-wide: a thread started meanwhile also sees one thread, as
+    during :meth:`WorkerPool.run` with ``single_threaded_torch``.
     """
     if not SERIAL_CALLER or getattr(_CALLER, "threads", None):
         yield
