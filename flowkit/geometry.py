@@ -42,6 +42,7 @@ evaluated points near it; beyond that, use float64.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -320,17 +321,19 @@ class PointCloud:
         if route == "triton":
             return triton_kernels.triton_kernel_sum(self._x2, self._y2, k, w)
         out = []
-        for pieces in self._blocks(rows):
-            total = 0.0
-            for sl, xc, yc, _ in pieces:
-                if route == "native":
-                    part = native_backend.reduce(xc, yc, w[sl, None], k.gaussian_rate(), rows)
-                else:
-                    part = torch_backend.reduce(xc, yc, w[sl, None], k.profile,
-                                                k.singular_at_zero)
-                total = total + part[:, 0]
-            out.append(total)
-        return self._cat(out)
+        with self._caller(route):
+            for pieces in self._blocks(rows):
+                total = 0.0
+                for sl, xc, yc, _ in pieces:
+                    if route == "native":
+                        part = native_backend.reduce(xc, yc, w[sl, None], k.gaussian_rate(),
+                                                     rows)
+                    else:
+                        part = torch_backend.reduce(xc, yc, w[sl, None], k.profile,
+                                                    k.singular_at_zero)
+                    total = total + part[:, 0]
+                out.append(total)
+            return self._cat(out)
 
     def kernel_grad_sum(self) -> Tensor:
         r""":math:`g_i = \sum_j b_j \nabla_1 k(x_i, y_j)`, the shape of ``x``.
@@ -352,12 +355,20 @@ class PointCloud:
             return triton_kernels.triton_kernel_grad_sum(self._x2, self._y2, k, w
                                                          ).view_as(self.x)
         out = []
-        for pieces in self._blocks(rows):
-            total = 0.0
-            for sl, xc, yc, _ in pieces:
-                total = total + self._grad_piece(k, route, xc, yc, w[sl], rows)
-            out.append(total)
-        return self._cat(out).view_as(self.x)
+        with self._caller(route):
+            for pieces in self._blocks(rows):
+                total = 0.0
+                for sl, xc, yc, _ in pieces:
+                    total = total + self._grad_piece(k, route, xc, yc, w[sl], rows)
+                out.append(total)
+            return self._cat(out).view_as(self.x)
+
+    @staticmethod
+    def _caller(route: str):
+        """The native route's per-block torch operations on this thread alone
+        (:func:`flowkit.backends.native.serial_caller`), any other route's as they are."""
+        return native_backend.serial_caller() if route == "native" \
+            else contextlib.nullcontext()
 
     @staticmethod
     def _grad_piece(k: Kernel, route: str, xc: Tensor, yc: Tensor, w: Tensor, rows: int

@@ -155,13 +155,15 @@ def test_native_path_matches_torch(gen, d):
 
 
 @NATIVE
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("tiles", ["fused", "augmented"])
 @pytest.mark.parametrize("d", [1, 3, 17, 64, 100, 130])
-def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d):
-    # The large-d path on small tiles (9 x 20: sizes not multiples of 8 or of the tile),
+def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d, threads):
+    # The large-d path on small tiles (9 x 20: sizes not multiples of 8 or of the tile;
+    # fused: 3 column panels, the last one short, and equal row tiles of 9 or fewer rows),
     # several value columns (a kernel sum, a gradient's d + 1, more than the small-d kernel
-    # takes, which sends d <= 16 to the tiles too), two threads: each tile's exponent,
-    # exponential and last column must be right.
+    # takes, which sends d <= 16 to the tiles too), one and two threads: each tile's
+    # exponent, exponential and last column must be right, whichever worker takes it.
     from flowkit.backends import native
 
     monkeypatch.setattr(native, "_TILES", {tiles: (9, 20)})
@@ -171,8 +173,8 @@ def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d):
     x[0] += 30.0  # exponents below -88: exact zeros, not subnormal garbage
     c = 1.0 / d
     kernel = torch.exp(-c * torch.cdist(x.double(), y.double()).pow(2))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         for k in (1, 2, d + 1, native.library().kmax + 3):
             V = torch.randn(47, k, generator=gen)
@@ -181,8 +183,57 @@ def test_native_gram_tiles_match_float64(gen, monkeypatch, tiles, d):
             # float32: a relative error of a few 1e-7 per entry, summed over 47 columns
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
             assert torch.all(got[0] == 0)
+            assert torch.get_num_threads() == threads
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+@NATIVE
+def test_native_fused_tiles_are_deterministic_on_two_threads(gen, monkeypatch):
+    # Two workers take the runs of columns in whatever order the scheduler gives them; the
+    # runs' sums are added in column order, so every call gives the same bits, inside
+    # serial_caller (the caller's ops on one thread, the workers still two) or not.
+    from flowkit.backends import native
+
+    monkeypatch.setattr(native, "_TILES", {"fused": (16, 8)})
+    monkeypatch.setattr(native, "LARGE_D_TILES", "fused")
+    x = torch.randn(61, 33, generator=gen) / 3
+    y = torch.randn(203, 33, generator=gen) / 3
+    V = torch.randn(203, 34, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = native.reduce(x, y, V, 0.05, rows=61)
+        for _ in range(5):
+            assert torch.equal(native.reduce(x, y, V, 0.05, rows=61), first)
+        with native.serial_caller():
+            assert torch.get_num_threads() == 1 and native.worker_threads() == 2
+            assert torch.equal(native.reduce(x, y, V, 0.05, rows=61), first)
+        want = torch.exp(-0.05 * torch.cdist(x.double(), y.double()).pow(2)) @ V.double()
+        torch.testing.assert_close(first.double(), want, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_serial_caller_restores_threads_and_nests(monkeypatch):
+    from flowkit.backends import native
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with native.serial_caller():
+                assert (torch.get_num_threads(), native.worker_threads()) == (1, 2)
+                with native.serial_caller():  # nested: the outer count is kept
+                    assert (torch.get_num_threads(), native.worker_threads()) == (1, 2)
+                assert (torch.get_num_threads(), native.worker_threads()) == (1, 2)
+                raise RuntimeError("inside")
+        assert (torch.get_num_threads(), native.worker_threads()) == (2, 2)
+        monkeypatch.setattr(native, "SERIAL_CALLER", False)  # the benchmark's "before"
+        with native.serial_caller():
+            assert (torch.get_num_threads(), native.worker_threads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before)
 
 
 @NATIVE

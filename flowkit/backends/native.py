@@ -24,6 +24,7 @@ shape checked): the C code trusts what it is given, so nothing else may call it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -44,7 +45,7 @@ from torch import Tensor
 
 __all__ = ["available", "unavailable_reason", "library", "reduce", "scaled_exp",
            "softmin", "softmin_ranges", "NativeLibrary", "NativeBuildError", "cache_dir",
-           "load_or_build", "FLAGS"]
+           "load_or_build", "FLAGS", "serial_caller", "worker_threads"]
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
@@ -60,6 +61,9 @@ LARGE_D_TILES = "fused"
 # was within 10% and the load on that machine; larger tiles stream from L3 or RAM, smaller
 # ones pay Python's per-call cost. Augmented: the previous path's tile, kept as it was.
 _TILES = {"fused": (1024, 256), "augmented": (256, 2048)}
+# Runs of column panels per worker thread of the fused tiles, handed out dynamically: a
+# worker slowed down by other processes does not hold the others up at the end.
+_CHUNKS_PER_THREAD = 4
 
 
 class NativeBuildError(RuntimeError):
@@ -355,7 +359,7 @@ class WorkerPool:
         self._size = 0
 
     def run(self, fn, n: int, chunk: int, single_threaded_torch: bool = False) -> None:
-        """``fn(start, stop)`` over ``range(n)`` in chunks, on ``torch.get_num_threads()``
+        """``fn(start, stop)`` over ``range(n)`` in chunks, on :func:`worker_threads`
         workers.
 
         Chunks are handed out dynamically (many more chunks than threads), so a thread
@@ -365,7 +369,7 @@ class WorkerPool:
         global, so it is restored on return.
         """
         before = torch.get_num_threads()
-        size = max(1, min(before, -(-n // chunk)))
+        size = max(1, min(worker_threads(), -(-n // chunk)))
         if size == 1:
             fn(0, n)
             return
@@ -394,6 +398,58 @@ class WorkerPool:
 POOL = WorkerPool()
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` for the block, restored after it."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_CALLER = threading.local()  # the worker count saved by serial_caller, per calling thread
+#: Whether :func:`serial_caller` takes the caller's torch operations to one thread (the
+#: default). Only ``benchmarks/mmd_gradient.py`` turns it off, in its "before" cells'
+#: processes, to time the previous behaviour in the same run; it is not a user setting.
+SERIAL_CALLER = True
+
+
+def worker_threads() -> int:
+    """The number of workers the native entry points split their work over: torch's
+    intra-op thread count, or the count it had when :func:`serial_caller` was entered."""
+    return getattr(_CALLER, "threads", None) or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def serial_caller():
+    """The calling thread's own torch operations on one thread for the block, while the
+    native entry points called in it keep torch's thread count for their workers.
+
+    A caller that prepares each block with torch operations (centring, stacking ``V``)
+    between native calls would otherwise run them on torch's OpenMP threads, which then
+    spin-wait for the next parallel region while the native workers compute, taking their
+    cores: measured on 2 cores, the large-d gradient's process CPU time then exceeds the
+    work by half or more. Those operations are ``O((N + M) d)``, the native call
+    ``O(N M d)``: one thread suffices for them. Nests (the outer count is kept). torch's
+    thread count is process-wide: a thread started meanwhile also sees one thread, as
+    during :meth:`WorkerPool.run` with ``single_threaded_torch``.
+    """
+    if not SERIAL_CALLER or getattr(_CALLER, "threads", None):
+        yield
+        return
+    _CALLER.threads = torch.get_num_threads()
+    try:
+        with _torch_threads(1):
+            yield
+    finally:
+        _CALLER.threads = None
+
+
 def scaled_exp(a: Tensor, s: float = 1.0) -> None:
     """``a <- exp(s a)`` in place with the native exponential (float32 CPU tensor)."""
     lib = library()
@@ -412,7 +468,7 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
     lib = library()
     n, d = x.shape
     m, k = V.shape
-    threads = torch.get_num_threads()
+    threads = worker_threads()
     if d <= lib.dmax and k <= lib.kmax:
         out = torch.zeros(n, k, dtype=torch.float32)
         s = math.sqrt(c)
@@ -423,82 +479,120 @@ def reduce(x: Tensor, y: Tensor, V: Tensor, c: float, rows: int) -> Tensor:
         chunk = max(4, -(-n // (8 * threads)))
         POOL.run(lambda a, b: lib.gauss_reduce(xs, yt, vt, out, a, b), n, chunk)
         return out
-    return _gram_tiles(lib, x, y, V, c, *_tile_shape(n, rows, threads))
-
-
-def _tile_shape(n: int, rows: int, threads: int) -> tuple[int, int]:
-    """Rows and columns of a tile of the large-d path for a block of ``n`` rows.
-
-    Fused tiles are as tall as allowed (each panel of ``y`` and ``V`` is read once per row
-    tile), with at least two row chunks per thread when several threads share the rows
-    (handed out dynamically), and keep their number of entries when they have fewer rows
-    (each tile costs a few Python calls). The previous path keeps its own rule.
-    """
-    tile_rows, tile_cols = _TILES[LARGE_D_TILES]
-    if LARGE_D_TILES == "augmented":
-        return max(1, min(rows, tile_rows, -(-n // (4 * threads)))), tile_cols
-    rows = max(1, min(rows, tile_rows, n if threads == 1 else -(-n // (2 * threads))))
-    return rows, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8)
+    return _gram_tiles(lib, x, y, V, c, rows, threads)
 
 
 def _gram_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
-                cols: int) -> Tensor:
-    r"""The large-``d`` path: per cache-sized tile of ``rows x cols`` kernel entries,
-    a BLAS product written into a preallocated buffer, the exponential in place while the
-    tile is in cache, then the tile's second product ``tile @ V``. Threads split the rows.
+                threads: int) -> Tensor:
+    r"""The large-``d`` path: per cache-sized tile of kernel entries, a BLAS product written
+    into a preallocated buffer, the exponential in place while the tile is in cache, then
+    the tile's second product ``tile @ V``. Each worker runs BLAS on one thread.
 
-    ``"fused"`` tiles (:data:`LARGE_D_TILES`): the tile is ``x y^T`` (inner size ``d``),
-    then one native pass (``fk_gauss_tile``) adds the exponent's row and column terms
-    ``-c|x_i|^2 - c|y_j|^2``, exponentiates and reduces ``V``'s last column (the weights of
-    a kernel sum or of a gradient), so the second BLAS product has ``K - 1`` columns
-    (``d`` for a gradient) and a kernel sum needs none. ``"augmented"`` tiles (the previous
-    path): one product of ``[x, 1, |x|^2]`` and ``[2c y, -c|y|^2, -c]`` (inner size
-    ``d + 2``), the exponential, then all ``K`` columns by BLAS; kept for the benchmark.
+    ``"fused"`` tiles (:data:`LARGE_D_TILES`, :func:`_fused_tiles`): the tile is ``x y^T``
+    (inner size ``d``), then one native pass (``fk_gauss_tile``) adds the exponent's row
+    and column terms ``-c|x_i|^2 - c|y_j|^2``, exponentiates and reduces ``V``'s last column
+    (the weights of a kernel sum or of a gradient), so the second BLAS product has
+    ``K - 1`` columns (``d`` for a gradient) and a kernel sum needs none. ``"augmented"``
+    tiles (the previous path, :func:`_augmented_tiles`): one product of ``[x, 1, |x|^2]``
+    and ``[2c y, -c|y|^2, -c]`` (inner size ``d + 2``), the exponential, then all ``K``
+    columns by BLAS; kept for the benchmark.
+    """
+    if LARGE_D_TILES == "augmented":
+        return _augmented_tiles(lib, x, y, V, c, rows, threads)
+    return _fused_tiles(lib, x, y, V, c, rows, threads)
+
+
+def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, rows: int,
+                 threads: int) -> Tensor:
+    r"""Fused tiles, the workers splitting the *columns* of the kernel matrix.
+
+    The columns are cut into runs of whole panels, handed out dynamically; a run's worker
+    sweeps every row tile per panel into the run's own accumulators, which are summed in
+    run order at the end (the result does not depend on which worker took which run).
+    Splitting columns instead of rows keeps the tile the shape measured best on one thread
+    whatever the number of threads (splitting ``N`` rows over ``T`` workers made the tiles
+    ``T`` times shorter), and balances the work to one panel. What runs on this thread
+    before the workers start runs single-threaded: a torch operation on several threads
+    leaves OpenMP threads spinning, which would take cores from the workers (see
+    :func:`serial_caller`).
     """
     n, m = x.shape[0], y.shape[0]
-    fused = LARGE_D_TILES == "fused"
-    if fused:
-        xb, yb, vb = x.contiguous(), y.contiguous(), V[:, :-1].contiguous()
-        p, q = -c * x.pow(2).sum(1), -c * y.pow(2).sum(1)
-        u, last = V[:, -1].contiguous(), x.new_zeros(n)
-    else:
-        xb = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
-        yb = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True),
-                        y.new_full((m, 1), -c)], 1)
-        vb = V
-    out = x.new_zeros(n, vb.shape[1])
+    k = V.shape[1] - 1
+    tile_rows, tile_cols = _TILES["fused"]
+    rows = max(1, min(rows, tile_rows, n))
+    rows = -(-n // -(-n // rows))  # equal row tiles: no short last tile
+    cols = min(m, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8))
+    with _torch_threads(1):
+        xb, yb = x.contiguous(), y.contiguous()
+        p, q = -c * xb.pow(2).sum(1), -c * yb.pow(2).sum(1)
+        u, vb = V[:, -1].contiguous(), V[:, :-1]  # vb: BLAS reads the strided view
+    buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
+    sums: dict[int, tuple[Tensor, Tensor]] = {}  # per run of columns: (out, last)
+
+    def work(j0: int, j1: int) -> None:
+        try:
+            buf = buffers.get_nowait()
+        except queue.Empty:
+            buf = x.new_empty(rows * cols)
+        out, last = x.new_zeros(n, k), x.new_zeros(n)
+        epilogue = lib.tile_epilogue(buf, p, q, u, last, 2.0 * c)
+        for j in range(j0, j1, cols):
+            jn = min(j1, j + cols)
+            yj, vj = yb[j:jn], vb[j:jn]
+            for r in range(0, n, rows):
+                r1 = min(n, r + rows)
+                e = buf[:(r1 - r) * (jn - j)].view(r1 - r, jn - j)
+                torch.mm(xb[r:r1], yj.T, out=e)
+                epilogue(r, r1, j, jn)
+                if k:
+                    out[r:r1].addmm_(e, vj)
+        sums[j0] = (out, last)
+        buffers.put(buf)
+
+    panels = -(-m // cols)
+    POOL.run(work, m, cols * max(1, panels // (_CHUNKS_PER_THREAD * threads)),
+             single_threaded_torch=True)
+    with _torch_threads(1):
+        out, last = (torch.stack(t).sum(0) for t in zip(*(sums[j] for j in sorted(sums))))
+        return torch.cat([out, last[:, None]], 1)
+
+
+def _augmented_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float,
+                     rows: int, threads: int) -> Tensor:
+    """The previous large-d path (``LARGE_D_TILES = "augmented"``), kept as it was for the
+    benchmark's before/after comparison: augmented operands, workers split the rows."""
+    n, m = x.shape[0], y.shape[0]
+    tile_rows, cols = _TILES["augmented"]
+    rows = max(1, min(rows, tile_rows, -(-n // (4 * threads))))
+    xb = torch.cat([x, x.new_ones(n, 1), x.pow(2).sum(1, keepdim=True)], 1)
+    yb = torch.cat([(2.0 * c) * y, -c * y.pow(2).sum(1, keepdim=True),
+                    y.new_full((m, 1), -c)], 1)
+    out = x.new_zeros(n, V.shape[1])
     cols = min(m, cols)
-    panels = [(j, yb[j:j + cols], vb[j:j + cols] if vb.shape[1] else None)
-              for j in range(0, m, cols)]
+    panels = [(yb[j:j + cols], V[j:j + cols]) for j in range(0, m, cols)]
     buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one per running worker
 
     def work(a: int, b: int) -> None:
         # the previous path tiled the columns only: one worker (one thread) took all rows
-        step = rows if fused else max(1, b - a)
+        step = max(1, b - a)
         try:
             buf = buffers.get_nowait()
         except queue.Empty:
             buf = None
         if buf is None or buf.numel() < step * cols:
             buf = x.new_empty(step * cols)
-        if fused:
-            epilogue = lib.tile_epilogue(buf, p, q, u, last, 2.0 * c)
         for r in range(a, b, step):
             r1 = min(b, r + step)
             xi, oi = xb[r:r1], out[r:r1]
-            for j, yj, vj in panels:
+            for yj, vj in panels:
                 e = buf[:(r1 - r) * yj.shape[0]].view(r1 - r, yj.shape[0])
                 torch.mm(xi, yj.T, out=e)
-                if fused:
-                    epilogue(r, r1, j, j + yj.shape[0])
-                else:
-                    lib.scaled_exp(e, 1.0)
-                if vj is not None:
-                    oi.addmm_(e, vj)
+                lib.scaled_exp(e, 1.0)
+                oi.addmm_(e, vj)
         buffers.put(buf)
 
     POOL.run(work, n, rows, single_threaded_torch=True)
-    return torch.cat([out, last[:, None]], 1) if fused else out
+    return out
 
 
 def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool = False
