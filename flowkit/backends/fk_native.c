@@ -274,6 +274,15 @@ static inline __m256 fk_range_mask(int64_t j, int64_t lo, int64_t hi) {
                          _mm256_loadu_ps(fk_mask_tbl + 16 - b));
 }
 
+/* The logits of columns j..j+7, -inf outside [lo, hi): only a range's first and last
+   groups straddle its ends, so the groups inside skip the mask. */
+static inline __m256 fk_range_logits8(const __m256 *xb, const float *yt, const float *h,
+                                      int64_t j, int64_t M, int64_t d, int64_t lo,
+                                      int64_t hi) {
+    __m256 v = fk_logits8(xb, yt, h, j, M, d);
+    return (j >= lo && j + 8 <= hi) ? v : _mm256_add_ps(v, fk_range_mask(j, lo, hi));
+}
+
 void fk_softmin_ranges(const float *xs, const float *yt, const float *h, const float *vt,
                        float *lse, float *out, const int64_t *rows, const int64_t *ptr,
                        const int64_t *cols, int64_t c0, int64_t c1, int64_t M, int64_t d,
@@ -293,9 +302,8 @@ void fk_softmin_ranges(const float *xs, const float *yt, const float *h, const f
             for (int64_t q = 0; q < nq; ++q) {
                 int64_t lo = cr[2 * q], hi = cr[2 * q + 1];
                 for (int64_t j = lo & ~(int64_t)7; j < hi; j += 8) {
-                    __m256 mask = fk_range_mask(j, lo, hi);
                     for (int64_t a = 0; a < FK_R; ++a) {
-                        __m256 v = _mm256_add_ps(fk_logits8(xb[a], yt, h, j, M, d), mask);
+                        __m256 v = fk_range_logits8(xb[a], yt, h, j, M, d, lo, hi);
                         bad[a] = _mm256_or_ps(bad[a], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
                         mx[a] = _mm256_max_ps(mx[a], v);
                     }
@@ -322,9 +330,9 @@ void fk_softmin_ranges(const float *xs, const float *yt, const float *h, const f
                         for (int64_t k = 0; k < K; ++k) av[a][k] = _mm256_setzero_ps();
                     }
                     for (int64_t j = j0; j < j1; j += 8) {
-                        __m256 mask = fk_range_mask(j, lo, hi), e[FK_R];
+                        __m256 e[FK_R];
                         for (int64_t a = 0; a < FK_R; ++a) {
-                            __m256 v = _mm256_add_ps(fk_logits8(xb[a], yt, h, j, M, d), mask);
+                            __m256 v = fk_range_logits8(xb[a], yt, h, j, M, d, lo, hi);
                             e[a] = fk_exp8(_mm256_sub_ps(v, shift[a]));
                             sv[a] = _mm256_add_ps(sv[a], e[a]);
                         }
