@@ -211,6 +211,28 @@ def test_warm_start_agrees_with_a_cold_solve():
     assert float((g_warm - g_cold).norm() / g_cold.norm()) < 1e-3
 
 
+def test_gradient_checks_only_the_particles_side():
+    # functional_gradient skips the check's sweep of g (one truncated softmin): same
+    # potentials, marginal error of the particles' side only; value checks both sides
+    x, y = _clouds(300, 250)
+    obj = SinkhornDivergence(y, blur=0.1, warm_start=False, scheme="multiscale",
+                             cluster_scale=0.1, policy="geomloss")
+    obj.functional_gradient(x)
+    rows = obj.last_results[0]
+    obj.value(x)
+    both = obj.last_results[0]
+    assert (rows.multiscale.checked, both.multiscale.checked) == ("x", "both")
+    assert obj.last_results[1].multiscale.checked == "both"  # symmetric: one side
+    assert torch.equal(rows.f, both.f) and torch.equal(rows.g, both.g)
+    # the rows' term recomputed densely: a_i exp((f_i - T(g)_i) / eps), T over every pair
+    eps, a = 0.01, torch.full((300,), 1 / 300)
+    yc, xc = y - y.mean(0), x - y.mean(0)
+    tg = PointCloud(xc, yc).softmin(torch.full((250,), -math.log(250)) + rows.g / eps, eps)
+    want = float((a * ((rows.f - tg) / eps).exp() - a).abs().sum())
+    assert rows.marginal_error == pytest.approx(want, rel=1e-2)
+    assert 0 < rows.marginal_error < both.marginal_error
+
+
 def test_argument_errors():
     _, y = _clouds(1, 50)
     with pytest.raises(ValueError, match="scheme"):
