@@ -191,7 +191,7 @@ SCHEMES = ("dense", "multiscale")
 #: about ``_CLUSTERS`` grid cells over the bounding box (GeomLoss' default size).
 _CLUSTERS = 2000
 #: Default kernel-truncation threshold, in units of eps (:class:`MultiscaleReport`).
-DEFAULT_TRUNCATE = 10.0
+DEFAULT_TRUNCATE = 5.0
 
 
 @dataclass(frozen=True)
