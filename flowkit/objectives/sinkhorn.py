@@ -68,7 +68,8 @@ what the solve did.
 
 Either way the solver reports, in its :class:`SinkhornResult`, the L1 error of both
 marginals of the plan and the sup-norm change of the potentials that one more iteration
-would make (one extra pair of softmins).
+would make (one extra pair of softmins; :meth:`SinkhornDivergence.functional_gradient`
+under the multiscale scheme sweeps ``f`` only, :class:`MultiscaleReport` ``checked``).
 """
 
 from __future__ import annotations
@@ -679,7 +680,9 @@ class SinkhornDivergence(SampleTarget, FunctionalObjective):
     truncate : float
         The multiscale scheme drops the cluster pairs whose lower bound of
         :math:`C_{ij} - f_i - g_j` exceeds ``truncate * eps``: each row's sum then moves by
-        a factor within :math:`e^{-\mathrm{truncate}}` of 1.
+        a factor within :math:`e^{-\mathrm{truncate}}` of 1. The default 5 (GeomLoss'
+        too) kept 37% of the pairs at N = 50000, blur 0.1, against 49% at 10, for a
+        converged gradient error of 3.0e-4 against 1.2e-4 (N = 5000, ``docs/geometry.md``).
 
     See Also
     --------
