@@ -123,9 +123,10 @@ def _flowkit(x, y, blur, **kw):
     info = {"iterations": res.iterations, "marginal_error": res.marginal_error,
             "cpu_seconds": time.process_time() - c0}
     if res.multiscale is not None:
+        # checked "x": marginal_error is the particles' side only (functional_gradient)
         info.update(kept_fraction=res.multiscale.kept_fraction,
                     coarse_iterations=res.multiscale.coarse_iterations,
-                    clusters=list(res.multiscale.clusters))
+                    clusters=list(res.multiscale.clusters), checked=res.multiscale.checked)
     return g, dt, info
 
 

@@ -66,6 +66,30 @@ def test_block_sparse_softmin_sums_only_the_kept_blocks(backend):
     torch.testing.assert_close(bar.double(), want_bar, rtol=1e-4, atol=1e-5)
 
 
+@needs_native
+@pytest.mark.parametrize("rising", [True, False])
+def test_native_ranges_online_max_across_chunks(rising):
+    # ranges of thousands of columns (several of the kernel's 512-column chunks), starting
+    # and ending mid-group; the logits rise (or fall) along the columns by far more than
+    # float32's exponent range, so the running maximum moves from chunk to chunk and the
+    # sums already taken must be rescaled (rising) or the later ones vanish (falling)
+    m = 3001
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.rand(9, 2, generator=g), torch.rand(m, 2, generator=g)
+    h = torch.linspace(0.0, 400.0, m)
+    h = h if rising else h.flip(0)
+    rows = torch.tensor([[0, 4], [4, 9]])
+    cols = torch.tensor([[0, 1300], [1300, 1303], [1303, m]])
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    sp = BlockSparsity.from_mask(keep, rows, cols)
+    mask = torch.zeros(9, m, dtype=torch.bool)
+    mask[:4, :1300] = mask[:4, 1303:] = mask[4:, 1300:] = True
+    f, bar = softmin_sparse(PointCloud(x, y, backend="native"), h, 0.05, sp, barycenter=True)
+    want_f, want_bar = _dense_masked(x, y, h, 0.05, mask)
+    torch.testing.assert_close(f.double(), want_f, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bar.double(), want_bar, rtol=1e-4, atol=1e-5)
+
+
 def test_clusters_round_trip_and_weights():
     x, _ = _clouds(500, 1, d=3)
     w = torch.rand(500, generator=torch.Generator().manual_seed(6))
@@ -185,6 +209,28 @@ def test_warm_start_agrees_with_a_cold_solve():
     g_warm = warm.functional_gradient(x2)
     g_cold = SinkhornDivergence(y, warm_start=False, **kw).functional_gradient(x2)
     assert float((g_warm - g_cold).norm() / g_cold.norm()) < 1e-3
+
+
+def test_gradient_checks_only_the_particles_side():
+    # functional_gradient skips the check's sweep of g (one truncated softmin): same
+    # potentials, marginal error of the particles' side only; value checks both sides
+    x, y = _clouds(300, 250)
+    obj = SinkhornDivergence(y, blur=0.1, warm_start=False, scheme="multiscale",
+                             cluster_scale=0.1, policy="geomloss")
+    obj.functional_gradient(x)
+    rows = obj.last_results[0]
+    obj.value(x)
+    both = obj.last_results[0]
+    assert (rows.multiscale.checked, both.multiscale.checked) == ("x", "both")
+    assert obj.last_results[1].multiscale.checked == "both"  # symmetric: one side
+    assert torch.equal(rows.f, both.f) and torch.equal(rows.g, both.g)
+    # the rows' term recomputed densely: a_i exp((f_i - T(g)_i) / eps), T over every pair
+    eps, a = 0.01, torch.full((300,), 1 / 300)
+    yc, xc = y - y.mean(0), x - y.mean(0)
+    tg = PointCloud(xc, yc).softmin(torch.full((250,), -math.log(250)) + rows.g / eps, eps)
+    want = float((a * ((rows.f - tg) / eps).exp() - a).abs().sum())
+    assert rows.marginal_error == pytest.approx(want, rel=1e-2)
+    assert 0 < rows.marginal_error < both.marginal_error
 
 
 def test_argument_errors():

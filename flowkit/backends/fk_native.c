@@ -274,58 +274,79 @@ static inline __m256 fk_range_mask(int64_t j, int64_t lo, int64_t hi) {
                          _mm256_loadu_ps(fk_mask_tbl + 16 - b));
 }
 
+/* The logits of columns j..j+7, -inf outside [lo, hi): only a range's first and last
+   groups straddle its ends, so the groups inside skip the mask. */
+static inline __m256 fk_range_logits8(const __m256 *xb, const float *yt, const float *h,
+                                      int64_t j, int64_t M, int64_t d, int64_t lo,
+                                      int64_t hi) {
+    __m256 v = fk_logits8(xb, yt, h, j, M, d);
+    return (j >= lo && j + 8 <= hi) ? v : _mm256_add_ps(v, fk_range_mask(j, lo, hi));
+}
+
+static inline float fk_hmax8(__m256 v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    float m = t[0];
+    for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
+    return m;
+}
+
+/* One pass over the kept columns: each chunk of up to FK_FLUSH columns has its logits
+   stored (FK_R x FK_FLUSH floats, in L1), its maximum taken, the row's sums rescaled to
+   that maximum when it rises (an online log-sum-exp), then its exponentials summed; the
+   logits are computed once, not once for the maximum and once for the sums. */
 void fk_softmin_ranges(const float *xs, const float *yt, const float *h, const float *vt,
                        float *lse, float *out, const int64_t *rows, const int64_t *ptr,
                        const int64_t *cols, int64_t c0, int64_t c1, int64_t M, int64_t d,
                        int64_t K) {
+    float buf[FK_R][FK_FLUSH];
     for (int64_t c = c0; c < c1; ++c) {
         const int64_t *cr = cols + 2 * ptr[c];
         int64_t nq = ptr[c + 1] - ptr[c], r1 = rows[2 * c + 1];
         for (int64_t i0 = rows[2 * c]; i0 < r1; i0 += FK_R) {
             int64_t nr = (r1 - i0 < FK_R) ? (r1 - i0) : FK_R;
-            __m256 xb[FK_R][FK_DMAX], mx[FK_R], bad[FK_R];
+            __m256 xb[FK_R][FK_DMAX], bad[FK_R];
+            float rowmax[FK_R];
+            double s[FK_R] = {0}, acc[FK_R][FK_KMAX] = {{0}};
             for (int64_t a = 0; a < FK_R; ++a) {
                 int64_t row = i0 + (a < nr ? a : 0);
                 for (int64_t k = 0; k < d; ++k) xb[a][k] = _mm256_set1_ps(xs[row * d + k]);
-                mx[a] = _mm256_set1_ps(-INFINITY);
                 bad[a] = _mm256_setzero_ps();
+                rowmax[a] = -INFINITY;
             }
-            for (int64_t q = 0; q < nq; ++q) {
-                int64_t lo = cr[2 * q], hi = cr[2 * q + 1];
-                for (int64_t j = lo & ~(int64_t)7; j < hi; j += 8) {
-                    __m256 mask = fk_range_mask(j, lo, hi);
-                    for (int64_t a = 0; a < FK_R; ++a) {
-                        __m256 v = _mm256_add_ps(fk_logits8(xb[a], yt, h, j, M, d), mask);
-                        bad[a] = _mm256_or_ps(bad[a], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-                        mx[a] = _mm256_max_ps(mx[a], v);
-                    }
-                }
-            }
-            __m256 shift[FK_R];
-            float rowmax[FK_R];
-            for (int64_t a = 0; a < FK_R; ++a) {
-                float t[8];
-                _mm256_storeu_ps(t, mx[a]);
-                float m = t[0];
-                for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
-                rowmax[a] = m;
-                shift[a] = _mm256_set1_ps(m > -INFINITY ? m : 0.0f);
-            }
-            double s[FK_R] = {0}, acc[FK_R][FK_KMAX] = {{0}};
             for (int64_t q = 0; q < nq; ++q) {
                 int64_t lo = cr[2 * q], hi = cr[2 * q + 1];
                 for (int64_t j0 = lo & ~(int64_t)7; j0 < hi; j0 += FK_FLUSH) {
                     int64_t j1 = (hi - j0 < FK_FLUSH) ? hi : j0 + FK_FLUSH;
-                    __m256 sv[FK_R], av[FK_R][FK_KMAX];
+                    __m256 cm[FK_R], shift[FK_R], sv[FK_R], av[FK_R][FK_KMAX];
+                    for (int64_t a = 0; a < FK_R; ++a) cm[a] = _mm256_set1_ps(-INFINITY);
+                    for (int64_t j = j0; j < j1; j += 8) {
+                        for (int64_t a = 0; a < FK_R; ++a) {
+                            __m256 v = fk_range_logits8(xb[a], yt, h, j, M, d, lo, hi);
+                            bad[a] = _mm256_or_ps(bad[a], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                            cm[a] = _mm256_max_ps(cm[a], v);
+                            _mm256_storeu_ps(buf[a] + (j - j0), v);
+                        }
+                    }
                     for (int64_t a = 0; a < FK_R; ++a) {
+                        float m = fk_hmax8(cm[a]);
+                        if (m > rowmax[a]) {
+                            if (rowmax[a] > -INFINITY) {
+                                double r = exp((double)rowmax[a] - (double)m);
+                                s[a] *= r;
+                                for (int64_t k = 0; k < K; ++k) acc[a][k] *= r;
+                            }
+                            rowmax[a] = m;
+                        }
+                        shift[a] = _mm256_set1_ps(rowmax[a] > -INFINITY ? rowmax[a] : 0.0f);
                         sv[a] = _mm256_setzero_ps();
                         for (int64_t k = 0; k < K; ++k) av[a][k] = _mm256_setzero_ps();
                     }
                     for (int64_t j = j0; j < j1; j += 8) {
-                        __m256 mask = fk_range_mask(j, lo, hi), e[FK_R];
+                        __m256 e[FK_R];
                         for (int64_t a = 0; a < FK_R; ++a) {
-                            __m256 v = _mm256_add_ps(fk_logits8(xb[a], yt, h, j, M, d), mask);
-                            e[a] = fk_exp8(_mm256_sub_ps(v, shift[a]));
+                            __m256 v = _mm256_loadu_ps(buf[a] + (j - j0));
+                            e[a] = fk_exp8_nonpos(_mm256_sub_ps(v, shift[a]));
                             sv[a] = _mm256_add_ps(sv[a], e[a]);
                         }
                         for (int64_t k = 0; k < K; ++k) {
