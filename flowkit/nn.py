@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from flowkit.validation import check_choice, check_int
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["MLP", "ACTIVATIONS", "DERIVATIVES"]
 
 _LEAKY_SLOPE = 0.2
 #: The activations :class:`MLP` accepts by name, each a constructor of a fresh module.
@@ -23,9 +23,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
 }
 
-# sigma'(z) of each activation, written in differentiable torch ops: the penalty's gradient
-# in the parameters runs through it (second derivatives of smooth activations included).
-_DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
+#: sigma'(z) of each activation, written in differentiable torch ops: the penalty's gradient
+#: in the parameters runs through it (second derivatives of smooth activations included).
+DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": lambda z: (z > 0).to(z.dtype),
     "leaky_relu": lambda z: _LEAKY_SLOPE + (1.0 - _LEAKY_SLOPE) * (z > 0).to(z.dtype),
     "softplus": torch.sigmoid,
@@ -123,7 +123,7 @@ class MLP(nn.Module):
                              f"got {tuple(points.shape)}")
         linears = [m for m in self.body if isinstance(m, nn.Linear)]
         activations = [m for m in self.body if not isinstance(m, nn.Linear)]
-        derivative = _DERIVATIVES[self.activation]
+        derivative = DERIVATIVES[self.activation]
         h, p, slopes = x.flatten(1), points.flatten(1), []
         for linear, activation in zip(linears[:-1], activations):
             h = activation(F.linear(h, linear.weight, linear.bias))

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from flowkit._compat import MISSING, renamed_keyword
 from flowkit.critics.base import Critic, check_network_input
 from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
-from flowkit.nn import _DERIVATIVES, MLP
+from flowkit.nn import DERIVATIVES, MLP
 from flowkit.potential import Potential
 from flowkit.validation import check_int, check_number
 
@@ -293,7 +293,7 @@ def penalized_loss_gradients(net: MLP, x: Tensor, points: Tensor, n_fake: int, k
         :math:`\partial\ell/\partial\theta` for each of ``net.parameters()``, in order.
     """
     linears = [m for m in net.body if isinstance(m, nn.Linear)]
-    slope_of = _DERIVATIVES[net.activation]
+    slope_of = DERIVATIVES[net.activation]
     n_x = len(x)
     with torch.no_grad():
         h = torch.cat([x, points]).flatten(1)
