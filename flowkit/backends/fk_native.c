@@ -187,6 +187,41 @@ static inline double fk_hsum8(__m256 v) {
     return ((double)t[0] + t[4] + t[1] + t[5]) + ((double)t[2] + t[6] + t[3] + t[7]);
 }
 
+/* One group of 8 columns into the running sums: sv += e, av[.][k] += e * v_k. */
+static inline void fk_accumulate8(const __m256 *e, const float *vt, int64_t M, int64_t j,
+                                  int64_t K, __m256 *sv, __m256 av[][FK_KMAX]) {
+    for (int64_t a = 0; a < FK_R; ++a) sv[a] = _mm256_add_ps(sv[a], e[a]);
+    for (int64_t k = 0; k < K; ++k) {
+        __m256 vv = _mm256_loadu_ps(vt + k * M + j);
+        for (int64_t a = 0; a < FK_R; ++a) av[a][k] = _mm256_fmadd_ps(e[a], vv, av[a][k]);
+    }
+}
+
+/* The float lanes into the double totals, every FK_FLUSH columns (bounds float rounding). */
+static inline void fk_flush(const __m256 *sv, __m256 av[][FK_KMAX], int64_t K, double *s,
+                            double acc[][FK_KMAX]) {
+    for (int64_t a = 0; a < FK_R; ++a) {
+        s[a] += fk_hsum8(sv[a]);
+        for (int64_t k = 0; k < K; ++k) acc[a][k] += fk_hsum8(av[a][k]);
+    }
+}
+
+/* Rows i0 .. i0 + nr - 1 of a softmin: lse = max + log(sum), the barycentre acc / sum; a
+   NaN met on the row gives NaN, a row of -inf logits (zero weights only) lse = -inf. */
+static void fk_softmin_store(int64_t i0, int64_t nr, const float *rowmax, const __m256 *bad,
+                             const double *s, double acc[][FK_KMAX], int64_t K, float *lse,
+                             float *out) {
+    for (int64_t a = 0; a < nr; ++a) {
+        float m = rowmax[a];
+        int isbad = _mm256_movemask_ps(bad[a]) != 0;
+        int64_t i = i0 + a;
+        if (isbad) lse[i] = NAN;
+        else lse[i] = m > -INFINITY ? (float)(m + log(s[a])) : -INFINITY;
+        for (int64_t k = 0; k < K; ++k)
+            out[i * K + k] = (isbad || !(m > -INFINITY)) ? NAN : (float)(acc[a][k] / s[a]);
+    }
+}
+
 void fk_softmin(const float *xs, const float *yt, const float *h, const float *vt,
                 float *lse, float *out, int64_t r0, int64_t r1, int64_t M, int64_t d,
                 int64_t K) {
@@ -226,30 +261,13 @@ void fk_softmin(const float *xs, const float *yt, const float *h, const float *v
             }
             for (int64_t j = j0; j < j1; j += 8) {
                 __m256 e[FK_R];
-                for (int64_t a = 0; a < FK_R; ++a) {
+                for (int64_t a = 0; a < FK_R; ++a)
                     e[a] = fk_exp8(_mm256_sub_ps(fk_logits8(xb[a], yt, h, j, M, d), shift[a]));
-                    sv[a] = _mm256_add_ps(sv[a], e[a]);
-                }
-                for (int64_t k = 0; k < K; ++k) {
-                    __m256 vv = _mm256_loadu_ps(vt + k * M + j);
-                    for (int64_t a = 0; a < FK_R; ++a)
-                        av[a][k] = _mm256_fmadd_ps(e[a], vv, av[a][k]);
-                }
+                fk_accumulate8(e, vt, M, j, K, sv, av);
             }
-            for (int64_t a = 0; a < FK_R; ++a) {
-                s[a] += fk_hsum8(sv[a]);
-                for (int64_t k = 0; k < K; ++k) acc[a][k] += fk_hsum8(av[a][k]);
-            }
+            fk_flush(sv, av, K, s, acc);
         }
-        for (int64_t a = 0; a < nr; ++a) {
-            float m = rowmax[a];
-            int isbad = _mm256_movemask_ps(bad[a]) != 0;
-            int64_t i = i0 + a;
-            if (isbad) lse[i] = NAN;
-            else lse[i] = m > -INFINITY ? (float)(m + log(s[a])) : -INFINITY;
-            for (int64_t k = 0; k < K; ++k)
-                out[i * K + k] = (isbad || !(m > -INFINITY)) ? NAN : (float)(acc[a][k] / s[a]);
-        }
+        fk_softmin_store(i0, nr, rowmax, bad, s, acc, K, lse, out);
     }
 }
 
@@ -344,33 +362,15 @@ void fk_softmin_ranges(const float *xs, const float *yt, const float *h, const f
                     }
                     for (int64_t j = j0; j < j1; j += 8) {
                         __m256 e[FK_R];
-                        for (int64_t a = 0; a < FK_R; ++a) {
-                            __m256 v = _mm256_loadu_ps(buf[a] + (j - j0));
-                            e[a] = fk_exp8_nonpos(_mm256_sub_ps(v, shift[a]));
-                            sv[a] = _mm256_add_ps(sv[a], e[a]);
-                        }
-                        for (int64_t k = 0; k < K; ++k) {
-                            __m256 vv = _mm256_loadu_ps(vt + k * M + j);
-                            for (int64_t a = 0; a < FK_R; ++a)
-                                av[a][k] = _mm256_fmadd_ps(e[a], vv, av[a][k]);
-                        }
+                        for (int64_t a = 0; a < FK_R; ++a)
+                            e[a] = fk_exp8_nonpos(_mm256_sub_ps(
+                                _mm256_loadu_ps(buf[a] + (j - j0)), shift[a]));
+                        fk_accumulate8(e, vt, M, j, K, sv, av);
                     }
-                    for (int64_t a = 0; a < FK_R; ++a) {
-                        s[a] += fk_hsum8(sv[a]);
-                        for (int64_t k = 0; k < K; ++k) acc[a][k] += fk_hsum8(av[a][k]);
-                    }
+                    fk_flush(sv, av, K, s, acc);
                 }
             }
-            for (int64_t a = 0; a < nr; ++a) {
-                float m = rowmax[a];
-                int isbad = _mm256_movemask_ps(bad[a]) != 0;
-                int64_t i = i0 + a;
-                if (isbad) lse[i] = NAN;
-                else lse[i] = m > -INFINITY ? (float)(m + log(s[a])) : -INFINITY;
-                for (int64_t k = 0; k < K; ++k)
-                    out[i * K + k] = (isbad || !(m > -INFINITY)) ? NAN
-                                                                 : (float)(acc[a][k] / s[a]);
-            }
+            fk_softmin_store(i0, nr, rowmax, bad, s, acc, K, lse, out);
         }
     }
 }

@@ -595,6 +595,22 @@ def _augmented_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: flo
     return out
 
 
+def _softmin_operands(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """The fused softmins' operands: points scaled by ``1 / sqrt(2 eps)`` (so the logit is
+    ``h_j - |x_i - y_j|^2``), columns padded to whole 8-lane groups (``h = -inf`` there:
+    padding adds nothing), ``y`` transposed for the barycentre (empty without it)."""
+    m = y.shape[0]
+    s = 1.0 / math.sqrt(2.0 * eps)
+    pad = (-m) % 8
+    xs = (x * s).contiguous()
+    yt = torch.nn.functional.pad((y * s).T, (0, pad)).contiguous()
+    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf).contiguous()
+    vt = torch.nn.functional.pad(y.T, (0, pad)).contiguous() if with_barycenter \
+        else x.new_empty(0, m + pad)
+    return xs, yt, hp, vt, pad
+
+
 def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool = False
             ) -> tuple[Tensor, Tensor | None]:
     r"""``lse_i = log sum_j exp(h_j - |x_i - y_j|^2 / (2 eps))`` and, with
@@ -606,15 +622,8 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool =
     no block size applies. Rows are split over the worker pool.
     """
     lib = library()
-    n, d = x.shape
-    m = y.shape[0]
-    s = 1.0 / math.sqrt(2.0 * eps)
-    pad = (-m) % 8
-    xs = (x * s).contiguous()
-    yt = torch.nn.functional.pad((y * s).T, (0, pad)).contiguous()
-    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf).contiguous()
-    vt = torch.nn.functional.pad(y.T, (0, pad)).contiguous() if with_barycenter \
-        else x.new_empty(0, m + pad)
+    n = x.shape[0]
+    xs, yt, hp, vt, _ = _softmin_operands(x, y, h, eps, with_barycenter)
     lse = x.new_empty(n)
     out = x.new_empty(n, vt.shape[0])
     chunk = max(4, -(-n // (8 * torch.get_num_threads())))
@@ -675,13 +684,7 @@ def softmin_ranges(x: Tensor, y: Tensor, h: Tensor, eps: float, sparsity,
     if d > lib.dmax:
         raise ValueError(f"softmin_ranges: d={d} above the fused kernel's {lib.dmax}")
     _check_ranges(sparsity, n, m)
-    s = 1.0 / math.sqrt(2.0 * eps)
-    pad = (-m) % 8
-    xs = (x * s).contiguous()
-    yt = torch.nn.functional.pad((y * s).T, (0, pad)).contiguous()
-    hp = torch.nn.functional.pad(h, (0, pad), value=-math.inf).contiguous()
-    vt = torch.nn.functional.pad(y.T, (0, pad)).contiguous() if with_barycenter \
-        else x.new_empty(0, m + pad)
+    xs, yt, hp, vt, pad = _softmin_operands(x, y, h, eps, with_barycenter)
     k = vt.shape[0]
     lse = x.new_full((n,), -math.inf)
     out = x.new_zeros(n, k)
