@@ -13,7 +13,7 @@ PAGES = ["custom_objective.md", "quickstart.md", "algorithm1.md"]
 
 @pytest.mark.parametrize("page", PAGES)
 def test_doc_examples_print_their_documented_output(page):
-    check_page(page)
+    assert check_page(page) >= 1, f"{page} lost its runnable examples"
 
 
 def test_custom_objective_matches_the_closed_form_mmd_gradient():
