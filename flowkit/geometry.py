@@ -675,15 +675,16 @@ def softmin_sparse(cloud: PointCloud, h: Tensor, eps: float,
     coordinates' offset does not cost precision).
     """
     cloud._check_h(h)
+    native = _sparse_route(cloud, h) == "native"
     if sparsity is None:
-        if _sparse_route(cloud, h) != "native":
+        if not native:
             return cloud.softmin(h, eps), (cloud.soft_barycenter(h, eps) if barycenter
                                            else None)
         sparsity = BlockSparsity.full(cloud._x2.shape[0], cloud._y2.shape[0], cloud._x2.device)
     if sparsity.shape != (cloud._x2.shape[0], cloud._y2.shape[0]):
         raise ValueError(f"sparsity is for a {sparsity.shape} interaction, the cloud is "
                          f"{(cloud._x2.shape[0], cloud._y2.shape[0])}")
-    if _sparse_route(cloud, h) == "native":
+    if native:
         lse, bar = native_backend.softmin_ranges(cloud._x2, cloud._y2, h, eps, sparsity,
                                                  barycenter)
     else:

@@ -452,7 +452,8 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
         steps = [("final" if policy == "geomloss" else "converge", eps)]
     else:
         f = g = None
-        steps = _steps(policy, _schedule(geom, eps, policy, scaling))
+        diam2 = _diameter2(geom.x.flatten(1), geom.y.flatten(1), geom)
+        steps = _steps(policy, _schedule(diam2, eps, policy, scaling))
     f, g, it = prob.run(steps, f, g, **loop)
     change, marg = prob.check(f, g, eps)
     if symmetric:
@@ -461,10 +462,10 @@ def sinkhorn(geom: PointCloud, eps: float, *, symmetric: bool = False,
                           marginal_error=marg, potential_change=change, policy=policy)
 
 
-def _schedule(geom: PointCloud, eps: float, policy: str, scaling: float) -> list[float]:
-    """The eps levels of ``policy`` on ``geom``'s diameter."""
+def _schedule(diameter2: float, eps: float, policy: str, scaling: float) -> list[float]:
+    """The eps levels of ``policy`` for data of squared diameter ``diameter2``."""
     ratio = scaling**2 if policy == "geomloss" else scaling
-    return _eps_schedule(_diameter2(geom.x.flatten(1), geom.y.flatten(1), geom), eps, ratio)
+    return _eps_schedule(diameter2, eps, ratio)
 
 
 def _sinkhorn_multiscale(geom: PointCloud, eps: float, *, symmetric: bool, policy: str,
@@ -509,7 +510,7 @@ def _sinkhorn_multiscale(geom: PointCloud, eps: float, *, symmetric: bool, polic
     loop = {"max_iter": max_iter, "tol": tol, "check_every": check_every}
     coarse_it, switch = 0, eps
     if init is None:
-        steps = _steps(policy, _schedule(geom, eps, policy, scaling))
+        steps = _steps(policy, _schedule(diam2, eps, policy, scaling))
         k = next(i for i, (kind, e) in enumerate(steps)
                  if e <= scale**2 or kind in ("final", "converge"))
         if k == 0:
