@@ -4,10 +4,10 @@ Runs the command as a user would (a fresh ``python -m flowkit`` each time, so im
 monitors, Algorithm 2, the exact OT and the figures all count) on one or more paths:
 
 * ``parallel``: the default (the baseline and the reference distances in a second process
-  beside Algorithm 1, the cores shared out; the critic's gradient by autograd);
+  beside Algorithm 1, the cores shared out; the critic's gradient written out by hand);
 * ``sequential``: ``--sequential`` (one process, the baseline after Algorithm 1);
-* ``explicit``: ``--explicit-backward`` (two processes, the critic's gradient written out
-  by hand).
+* ``autograd``: ``--autograd-backward`` (two processes, the critic's gradient by
+  autograd).
 
 The paths of one invocation alternate, so they see the same machine. For each run it
 records the wall time, the CPU time of the command and its children, the load average
@@ -21,7 +21,7 @@ Prints a table and writes ``benchmarks/results/toy_wall.json``::
 
     python benchmarks/toy_wall.py --paths parallel     # the default path only (the claim)
     python benchmarks/toy_wall.py                      # parallel and sequential, 1 repeat
-    python benchmarks/toy_wall.py --paths parallel,explicit   # autograd vs explicit backward
+    python benchmarks/toy_wall.py --paths parallel,autograd   # explicit vs autograd backward
     python benchmarks/toy_wall.py --repeats 3          # medians over 3 runs of each path
     python benchmarks/toy_wall.py --steps 5 --critic-steps 10   # a smoke run
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # timings inside results.json; everything else must agree between the two paths
 TIMING = {"wall_time", "cpu_time", "elapsed", "generation_seconds",
           "seconds_per_1000_samples_per_layer", "ot_seconds"}
-PATHS = {"parallel": [], "sequential": ["--sequential"], "explicit": ["--explicit-backward"]}
+PATHS = {"parallel": [], "sequential": ["--sequential"], "autograd": ["--autograd-backward"]}
 # paths whose results.json must agree bit for bit with the first of them run
 SAME_NUMBERS = ("parallel", "sequential")
 

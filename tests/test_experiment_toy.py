@@ -39,7 +39,9 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
     assert results["algorithm1"]["critic_steps"] == total
     assert results["wgan_gp"]["history"]["critic_steps"][-1] == total  # equal critic budgets
     rows = results["table"]
-    assert [r["critic_steps"] for r in rows] == list(range(0, total + 1, 5 * cfg["critic_steps"]))
+    every = cfg["monitor_every"] * cfg["critic_steps"]
+    assert cfg["monitor_every"] == 10 and cfg["explicit_backward"]  # the defaults
+    assert [r["critic_steps"] for r in rows] == list(range(0, total + 1, every))
     assert all("wgan_W2" in r for r in rows)
     assert all(math.isfinite(r["alg1_W2"]) and math.isfinite(r["wgan_W2"]) for r in rows)
     assert rows[-1]["alg1_W2"] < rows[0]["alg1_W2"]
@@ -112,3 +114,13 @@ def test_the_second_process_leaves_nothing_behind():
                           timeout=300, env={**os.environ, "PYTHONWARNINGS": "default"})
     assert done.returncode == 0, done.stderr
     assert "leaked" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("flags, explicit", [([], True), (["--explicit-backward"], True),
+                                             (["--autograd-backward"], False)])
+def test_the_critic_backward_flags(flags, explicit):
+    args = cli.build_parser().parse_args(["reproduce", "toy", "--quick", *flags])
+    assert toy.configure(args)["explicit_backward"] is explicit
+    with pytest.raises(SystemExit):  # one or the other
+        cli.build_parser().parse_args(["reproduce", "toy", "--explicit-backward",
+                                       "--autograd-backward"])

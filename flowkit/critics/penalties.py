@@ -27,7 +27,13 @@ from torch import Tensor
 
 from flowkit.validation import check_particles
 
-__all__ = ["PENALTIES", "gradient_penalty", "penalty_points", "penalty_from_gradients"]
+__all__ = [
+    "PENALTIES",
+    "gradient_penalty",
+    "penalty_points",
+    "penalty_from_gradients",
+    "penalty_and_gradient",
+]
 
 PENALTIES = ("one-sided", "two-sided", "dragan")
 
@@ -90,6 +96,33 @@ def penalty_from_gradients(grad: Tensor, kind: str = "one-sided") -> Tensor:
     if kind == "one-sided":
         excess = excess.clamp(min=0.0)
     return excess.square()
+
+
+def penalty_and_gradient(grad: Tensor, kind: str = "one-sided") -> tuple[Tensor, Tensor]:
+    r"""Per-sample penalty :math:`R` and its derivative :math:`\partial R / \partial g`.
+
+    With :math:`n = \|g\|_2` and :math:`e = n - 1` (clamped at 0 for ``"one-sided"``),
+    :math:`R = e^2` and :math:`\partial R / \partial g = 2 e\, g / n`; at :math:`g = 0` the
+    derivative is taken as 0, as autograd's subgradient of the norm does. The closed form
+    lets a hand-written backward pass (:func:`flowkit.critics.wgan_gp.penalized_loss_gradients`)
+    skip autograd for this small ``(B, *event)`` tensor.
+
+    Returns
+    -------
+    penalty : Tensor
+        ``(B,)``, as :func:`penalty_from_gradients`.
+    derivative : Tensor
+        ``(B, *event)``, zero for every sample where the penalty is flat (one-sided:
+        :math:`n \le 1`).
+    """
+    check_penalty_kind(kind)
+    norm = torch.linalg.vector_norm(grad.flatten(1), dim=1)
+    excess = norm - 1.0
+    if kind == "one-sided":
+        excess = excess.clamp(min=0.0)
+    scale = 2.0 * excess / norm.clamp(min=torch.finfo(norm.dtype).tiny)
+    scale = scale.reshape((-1,) + (1,) * (grad.dim() - 1))
+    return excess.square(), grad * scale
 
 
 def gradient_penalty(f: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor | None = None,

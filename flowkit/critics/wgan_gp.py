@@ -26,7 +26,12 @@ from torch.nn import functional as F
 
 from flowkit._compat import MISSING, renamed_keyword
 from flowkit.critics.base import Critic, check_network_input
-from flowkit.critics.penalties import check_penalty_kind, penalty_from_gradients, penalty_points
+from flowkit.critics.penalties import (
+    check_penalty_kind,
+    penalty_and_gradient,
+    penalty_from_gradients,
+    penalty_points,
+)
 from flowkit.nn import DERIVATIVES, MLP
 from flowkit.potential import Potential
 from flowkit.validation import check_int, check_number
@@ -294,57 +299,53 @@ def penalized_loss_gradients(net: MLP, x: Tensor, points: Tensor, n_fake: int, k
     """
     linears = [m for m in net.body if isinstance(m, nn.Linear)]
     slope_of = DERIVATIVES[net.activation]
-    n_x = len(x)
+    n_x, n = len(x), len(points)
+    hidden = range(len(linears) - 1)
     with torch.no_grad():
         h = torch.cat([x, points]).flatten(1)
-        inputs, slopes = [], []  # per hidden layer: its input rows of x, and sigma'(z)
-        for linear in linears[:-1]:
-            inputs.append(h[:n_x])
-            z = F.linear(h, linear.weight, linear.bias)
+        inputs, slopes = [], []  # per hidden layer: its input rows, and sigma'(z)
+        for layer in hidden:
+            inputs.append(h)
+            z = F.linear(h, linears[layer].weight, linears[layer].bias)
             slope = slope_of(z)
             slopes.append(slope)
-            h = z * slope  # sigma(z) for a piecewise-linear sigma
+            h = z.mul_(slope)  # sigma(z) for a piecewise-linear sigma
         last = linears[-1]
         values = F.linear(h[:n_x], last.weight, last.bias).squeeze(1)
-        # the input-gradient chain at the points; u[l] = (g_{l+1} * sigma'(z_l)) rows
-        us, g = [], last.weight.expand(len(points), -1)
-        for linear, slope in zip(reversed(linears[:-1]), reversed(slopes)):
-            u = g * slope[n_x:]
-            us.append(u)
-            g = u @ linear.weight
-        us.reverse()
-    with torch.enable_grad():  # dR/dg on the small (n, event) tensor only
-        leaf = g.detach().requires_grad_(True)
-        penalty = penalty_from_gradients(leaf, kind)
-        (dg,) = torch.autograd.grad(penalty.sum(), leaf)
-    with torch.no_grad():
-        n = len(points)
-        dg = dg * (weight / n)
+        # d loss / d f = 1/n_fake, -1/n_real on the rows of x; weight 1 on the points turns
+        # the same backward recursion into the input-gradient chain u_l there: one product
+        # per layer serves both
+        rows = torch.ones(n_x + n, 1, dtype=h.dtype, device=h.device)
+        rows[:n_fake] = 1.0 / n_fake
+        rows[n_fake:n_x] = -1.0 / (n_x - n_fake)
+        deltas: list[Tensor] = [h] * len(hidden)
+        delta = rows * last.weight
+        for layer in reversed(hidden):
+            delta = delta.mul_(slopes[layer])  # delta is this loop's own tensor
+            deltas[layer] = delta
+            delta = delta @ linears[layer].weight
+        penalty, dg = penalty_and_gradient(delta[n_x:], kind)
+        dg.mul_(weight / n)
+        slopes_p = [s[n_x:] for s in slopes]
+        us = [d[n_x:] for d in deltas]
         if dg.device.type == "cpu":  # gathering the active rows would synchronise a GPU
             active = dg.ne(0).any(dim=1).nonzero().squeeze(1)
-            dg, us = dg[active], [u[active] for u in us]
-            slopes_p = [s[n_x:][active] for s in slopes]
-        else:
-            slopes_p = [s[n_x:] for s in slopes]
+            if len(active) < n:
+                dg, us = dg[active], [u[active] for u in us]
+                slopes_p = [s[active] for s in slopes_p]
         # back through the chain g = u_1 W_1, u_l = (u_{l+1} W_{l+1}) * sigma'(z_l)
         vs, v = [], dg
-        for linear, slope in zip(linears[:-1], slopes_p):
+        for layer in hidden:
             vs.append(v)
-            v = (v @ linear.weight.T) * slope
-        # ... and through the critic values: d loss / d f = 1/n_fake, -1/n_real
-        dout = torch.full((n_x,), 1.0 / n_fake, dtype=x.dtype, device=x.device)
-        dout[n_fake:] = -1.0 / (n_x - n_fake)
+            v = (v @ linears[layer].weight.T).mul_(slopes_p[layer])
+        dout = rows[:n_x, 0]
         grads = [(dout @ h[:n_x] + v.sum(0)).unsqueeze(0), dout.sum().reshape(1)]
-        delta = dout[:, None] * last.weight
-        for layer in reversed(range(len(linears) - 1)):
-            delta = delta * slopes[layer][:n_x]
-            # a transposed left factor is slow in BLAS at these shapes: build it contiguous
-            left = torch.cat([delta.T, us[layer].T], dim=1)
-            w_grad = left @ torch.cat([inputs[layer], vs[layer]])
+        for layer in reversed(hidden):
+            delta = deltas[layer][:n_x]
+            left = torch.cat([delta, us[layer]])
+            w_grad = left.T @ torch.cat([inputs[layer][:n_x], vs[layer]])
             grads = [w_grad, delta.sum(0), *grads]
-            if layer > 0:
-                delta = delta @ linears[layer].weight
-        loss = values[:n_fake].mean() - values[n_fake:].mean() + weight * penalty.detach().mean()
+        loss = values[:n_fake].mean() - values[n_fake:].mean() + weight * penalty.mean()
     order = {id(p): i for i, p in enumerate(q for m in linears for q in (m.weight, m.bias))}
     grads = [grads[order[id(p)]] for p in net.parameters()]
     return loss, grads
