@@ -52,12 +52,12 @@ class TwoPlayerOptimizer:
     A closure whose signature has a parameter named ``player`` (keyword or positional-or-
     keyword) is told, at each call, whose gradient the call's losses will give:
     ``player="both"`` in simultaneous mode; in alternating mode ``player=first`` at the
-    first call and the other player (``"min"`` or ``"max"``) at the re-evaluation. It may
-    then skip what the other player's loss alone needs (e.g. the discriminator on real
-    data in a generator step); it still returns ``U`` or the pair, and the entry it
-    skipped is ignored (any scalar tensor will do), except at the first call, whose pair
-    :meth:`step` returns. A closure without ``player`` is called with no argument, so
-    neither its calls nor their number have to be counted to know which step they serve.
+    first call and the other player (``"min"`` or ``"max"``) at the re-evaluation. It need
+    not count its calls to know which step they serve, and may skip what the other
+    player's loss alone needs (e.g. the discriminator on real data in a generator step):
+    it still returns ``U`` or the pair, and the entry it skipped is ignored (any scalar
+    tensor will do), except at the first call, whose pair :meth:`step` returns. A closure
+    without ``player`` is called with no argument.
     """
 
     def __init__(self, min_optimizer: torch.optim.Optimizer,
