@@ -88,6 +88,40 @@ def test_a_frozen_generator_is_reported(metrics, monkeypatch):
         {"SGD": {0.01: [r]}}) == []
 
 
+def test_the_generator_step_skips_d_real_without_changing_a_number(metrics, monkeypatch):
+    # The closure learns from the optimizer which player a call serves; told nothing, it
+    # computes both losses at every call. Both must give the same numbers, bit for bit,
+    # the told one with one critic pass fewer per iteration (D(real) in the generator step).
+    from flowkit import games
+    from flowkit.critics import dcgan
+
+    passes = []
+
+    class Counted(dcgan.DCGANCritic):
+        def forward(self, x):
+            passes.append(len(x))
+            return super().forward(x)
+
+    class Untold(games.TwoPlayerOptimizer):
+        def step(self, closure):
+            return super().step(lambda: closure())
+
+    monkeypatch.setattr(dcgan, "DCGANCritic", Counted)
+    args = _tiny()
+    runs = []
+    for optimizer in (games.TwoPlayerOptimizer, Untold):
+        monkeypatch.setattr(games, "TwoPlayerOptimizer", optimizer)
+        passes.clear()
+        r = cg_digits.train({"kind": "cg", "beta": "PRP"}, 0.02, 0, args,
+                            metrics.split.train_images, metrics)
+        del r["wall_time"], r["cpu_time"]
+        runs.append((r, len(passes)))
+    (told, told_passes), (untold, untold_passes) = runs
+    assert told == untold
+    assert len(set(told["FD"])) == len(told["FD"]) == 3  # it trained: FD moved at each eval
+    assert told_passes == 3 * args.iters and untold_passes == 4 * args.iters
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """``--quick`` in this process: the run folder and what it printed."""

@@ -422,3 +422,19 @@ def test_weighted_mmd2_matches_the_kernel_matrices(gen):
         want = a @ k(x, x) @ a - 2 * a @ k(x, y) @ b + b @ k(y, y) @ b
         torch.testing.assert_close(PointCloud(x, y, a=a, b=b, kernel=k, block_size=4).mmd2(),
                                    want)
+
+
+def test_native_unavailable_reason_says_available_when_it_is(monkeypatch):
+    # each state set by hand, so that the answer is checked on machines with and without it
+    from flowkit.backends import native
+
+    monkeypatch.delenv("FLOWKIT_NATIVE", raising=False)
+    monkeypatch.setattr(native._State, "tried", True)
+    monkeypatch.setattr(native._State, "lib", object())  # a library was built and loaded
+    monkeypatch.setattr(native._State, "error", None)
+    assert native.available() and native.unavailable_reason() == "available"
+    monkeypatch.setattr(native._State, "lib", None)
+    monkeypatch.setattr(native._State, "error", "compiling it failed")
+    assert native.unavailable_reason() == "compiling it failed"
+    monkeypatch.setenv("FLOWKIT_NATIVE", "0")
+    assert native.unavailable_reason() == "it is turned off by FLOWKIT_NATIVE=0"

@@ -344,9 +344,12 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str:
+    """Why the native backend cannot run here, worded to follow "unavailable: "; the
+    string ``"available"`` when it can (builds it on first call)."""
     if os.environ.get("FLOWKIT_NATIVE", "1") == "0":
         return "it is turned off by FLOWKIT_NATIVE=0"
-    library()
+    if library() is not None:
+        return "available"
     return _State.error or "unknown reason"
 
 

@@ -83,19 +83,16 @@ def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torc
     schedules = [lr_schedule(o, args.lr_rule) for o in (opt_g, opt_d)]
     opt = TwoPlayerOptimizer(opt_g, opt_d, mode="alternating", first="max")
     softplus = nn.functional.softplus  # BCE with logits: -log sigmoid(t) = softplus(-t)
-    calls = 0
 
-    def losses() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal calls
-        # Alternating, discriminator first: the odd calls feed the D step, the even ones the
-        # G step, which reads loss_g only. D(real) is skipped there (D has no batch norm,
-        # so nothing else changes); the real batch is still drawn, to keep the stream.
-        d_step, calls = calls % 2 == 0, calls + 1
+    def losses(player: str = "both") -> tuple[torch.Tensor, torch.Tensor]:
+        # The G step ("min", told by the optimizer) reads loss_g only: D(real) is skipped
+        # there (D has no batch norm, so nothing else changes); the real batch is still
+        # drawn, so that the random stream, hence every number, is that of computing both.
         real = data[torch.randint(len(data), (args.batch,), generator=g)]
         fake = G(torch.randn(args.batch, args.latent_dim, generator=g))
         d_fake = D(fake)
         loss_g = softplus(-d_fake).mean()
-        if not d_step:
+        if player == "min":
             return loss_g, loss_g.new_zeros(())
         return loss_g, softplus(-D(real)).mean() + softplus(d_fake).mean()
 

@@ -9,6 +9,7 @@ generator on a fresh evaluation. :class:`TwoPlayerOptimizer` does either, with a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from flowkit.games.conjugate_gradient import ConjugateGradient
 __all__ = ["TwoPlayerOptimizer", "two_player_cg"]
 
 Losses = Tensor | tuple[Tensor, Tensor]
+_TAKES_PLAYER = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -46,6 +48,16 @@ class TwoPlayerOptimizer:
     ``(loss_min, loss_max)`` each minimized by its own player (e.g. the non-saturating
     GAN). Gradients are computed with ``torch.autograd.grad`` and *assigned*, never
     accumulated, so no ``zero_grad`` is needed.
+
+    A closure whose signature has a parameter named ``player`` (keyword or positional-or-
+    keyword) is told, at each call, whose gradient the call's losses will give:
+    ``player="both"`` in simultaneous mode; in alternating mode ``player=first`` at the
+    first call and the other player (``"min"`` or ``"max"``) at the re-evaluation. It need
+    not count its calls to know which step they serve, and may skip what the other
+    player's loss alone needs (e.g. the discriminator on real data in a generator step):
+    it still returns ``U`` or the pair, and the entry it skipped is ignored (any scalar
+    tensor will do), except at the first call, whose pair :meth:`step` returns. A closure
+    without ``player`` is called with no argument.
     """
 
     def __init__(self, min_optimizer: torch.optim.Optimizer,
@@ -64,6 +76,7 @@ class TwoPlayerOptimizer:
         if {id(p) for p in self.min_params} & {id(p) for p in self.max_params}:
             raise ValueError("a parameter belongs to both players' optimizers")
         self.mode, self.first = mode, first
+        self._told: tuple[Callable[..., Losses], bool] | None = None  # closure, takes player
 
     @staticmethod
     def _split(out: Losses) -> tuple[Tensor, Tensor]:
@@ -79,23 +92,42 @@ class TwoPlayerOptimizer:
         for p, g in zip(params, grads, strict=True):
             p.grad = g
 
-    def step(self, closure: Callable[[], Losses]) -> tuple[Tensor, Tensor]:
-        """One iteration; returns ``(loss_min, loss_max)`` at the point where it started."""
-        loss_min, loss_max = self._split(closure())
+    def _caller(self, closure: Callable[..., Losses]) -> Callable[[str], Losses]:
+        """``closure`` as a function of the player it serves (ignored if it cannot be told)."""
+        if not callable(closure):
+            raise TypeError(f"closure must be callable, got {type(closure).__name__}")
+        if self._told is None or self._told[0] is not closure:  # inspected once per closure
+            try:
+                param = inspect.signature(closure).parameters.get("player")
+            except (TypeError, ValueError):  # no signature (some builtins): not told
+                param = None
+            self._told = (closure, param is not None and param.kind in _TAKES_PLAYER)
+        if self._told[1]:
+            return lambda player: closure(player=player)
+        return lambda player: closure()
+
+    def step(self, closure: Callable[..., Losses]) -> tuple[Tensor, Tensor]:
+        """One iteration; returns ``(loss_min, loss_max)`` at the point where it started.
+
+        ``closure`` may take a ``player`` parameter ("min", "max" or "both"): see the
+        class Notes."""
+        call = self._caller(closure)
         if self.mode == "simultaneous":
+            loss_min, loss_max = self._split(call("both"))
             self._assign(loss_min, self.min_params, retain=True)
             self._assign(loss_max, self.max_params, retain=False)
             self.min_optimizer.step()
             self.max_optimizer.step()
         else:
-            players = [(0, self.min_params, self.min_optimizer),
-                       (1, self.max_params, self.max_optimizer)]
+            players = [("min", 0, self.min_params, self.min_optimizer),
+                       ("max", 1, self.max_params, self.max_optimizer)]
             if self.first == "max":
                 players.reverse()
-            (i, params, opt), (j, params2, opt2) = players
+            (who, i, params, opt), (who2, j, params2, opt2) = players
+            loss_min, loss_max = self._split(call(who))
             self._assign((loss_min, loss_max)[i], params, retain=False)
             opt.step()
-            self._assign(self._split(closure())[j], params2, retain=False)
+            self._assign(self._split(call(who2))[j], params2, retain=False)
             opt2.step()
         return loss_min.detach(), loss_max.detach()
 

@@ -84,3 +84,75 @@ def test_bad_input_is_named():
     opt = games.TwoPlayerOptimizer(sgd([p], lr=0.1), sgd([q], lr=0.1))
     with pytest.raises(TypeError, match="closure must return"):
         opt.step(lambda: (p.sum(), q.sum(), p.sum()))
+
+
+def _recording_step(mode, first, closure_kind):
+    """Players after one step and the ``player`` each closure call received."""
+    x = torch.nn.Parameter(torch.tensor([1.0], dtype=f64))
+    y = torch.nn.Parameter(torch.tensor([2.0], dtype=f64))
+    opt = games.TwoPlayerOptimizer(torch.optim.SGD([x], lr=0.1), torch.optim.SGD([y], lr=0.1),
+                                   mode=mode, first=first)
+    seen = []
+
+    def keyword(*, player):
+        seen.append(player)
+        return (x * y).sum()
+
+    def defaulted(player="both"):
+        seen.append(player)
+        return (x * y).sum()
+
+    def plain():
+        seen.append(None)
+        return (x * y).sum()
+
+    closure = {"keyword": keyword, "defaulted": defaulted, "plain": plain}[closure_kind]
+    opt.step(closure)
+    opt.step(closure)  # the decision cached for this closure gives the same calls
+    return seen, x.item(), y.item()
+
+
+@pytest.mark.parametrize("closure_kind", ["keyword", "defaulted"])
+@pytest.mark.parametrize("mode,first,expected", [
+    ("simultaneous", "max", ["both"]),
+    ("simultaneous", "min", ["both"]),
+    ("alternating", "max", ["max", "min"]),
+    ("alternating", "min", ["min", "max"]),
+])
+def test_the_closure_is_told_which_player_the_call_serves(mode, first, expected, closure_kind):
+    seen, *_ = _recording_step(mode, first, closure_kind)
+    assert seen == expected * 2
+
+
+@pytest.mark.parametrize("mode,first", [("simultaneous", "max"), ("alternating", "max"),
+                                        ("alternating", "min")])
+def test_a_closure_without_player_is_called_without_arguments(mode, first):
+    seen, *plain_xy = _recording_step(mode, first, "plain")
+    assert seen == [None] * (2 if mode == "simultaneous" else 4)
+    _, *told_xy = _recording_step(mode, first, "keyword")
+    assert plain_xy == told_xy  # telling the closure changes nothing in the step itself
+
+
+def test_player_is_passed_to_callables_that_take_it_only():
+    import functools
+
+    p, q = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    opt = games.TwoPlayerOptimizer(torch.optim.SGD([p], lr=0.1), torch.optim.SGD([q], lr=0.1),
+                                   mode="alternating")
+    seen = []
+
+    def payoff(scale, player="both"):
+        seen.append(player)
+        return scale * (p * q).sum()
+
+    class Payoff:  # a callable object: its __call__ signature decides
+        def __call__(self, *, player):
+            seen.append(player)
+            return (p * q).sum()
+
+    opt.step(functools.partial(payoff, 2.0))
+    opt.step(Payoff())
+    opt.step(lambda **kw: (seen.append(kw), (p * q).sum())[1])  # **kwargs: not told
+    assert seen == ["max", "min", "max", "min", {}, {}]
+    with pytest.raises(TypeError, match="closure must be callable"):
+        opt.step((p * q).sum())
