@@ -7,7 +7,7 @@ import torch
 
 import flowkit as fk
 from flowkit.critics import WGANGPCritic
-from flowkit.critics.penalties import penalty_from_gradients
+from flowkit.critics.penalties import penalty_and_gradient, penalty_from_gradients
 from flowkit.critics.wgan_gp import penalized_loss_gradients
 
 
@@ -98,3 +98,19 @@ def test_explicit_backward_bad_settings():
         WGANGPCritic(dim=2, activation="softplus", explicit_backward=True)
     with pytest.raises(ValueError, match="explicit_backward.*Sequential"):
         WGANGPCritic(net=torch.nn.Sequential(torch.nn.Linear(2, 1)), explicit_backward=True)
+
+
+@pytest.mark.parametrize("kind", ["one-sided", "two-sided", "dragan"])
+def test_penalty_derivative_in_closed_form_matches_autograd(kind):
+    g = torch.randn(40, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    g[:20] *= 0.2  # inside the unit ball: flat for the one-sided penalty
+    g[0] = 0.0  # the norm's kink: autograd's subgradient there is 0
+    leaf = g.clone().requires_grad_(True)
+    expected_value = penalty_from_gradients(leaf, kind)
+    (expected,) = torch.autograd.grad(expected_value.sum(), leaf)
+    value, derivative = penalty_and_gradient(g, kind)
+    torch.testing.assert_close(value, expected_value.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(derivative, expected, rtol=1e-12, atol=1e-15)
+    assert bool(derivative[0].eq(0).all())
+    if kind == "one-sided":
+        assert bool(derivative[:20].eq(0).all())  # the rows the explicit step leaves out
