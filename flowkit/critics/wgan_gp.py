@@ -272,8 +272,13 @@ def penalized_loss_gradients(net: MLP, x: Tensor, points: Tensor, n_fake: int, k
     :math:`u_l^\top v_l` (:math:`v_l` the back-propagated :math:`\partial R / \partial g`),
     and it vanishes for every point with :math:`\partial R / \partial g_i = 0` (the
     one-sided penalty where :math:`|g_i| \le 1`): only the active points are
-    back-propagated. The weight gradient of each layer, critic values and penalty together,
-    is one matrix product ``cat([delta, u]).T @ cat([h, v])``.
+    back-propagated. The chain :math:`u_l` is the backward recursion of the critic values,
+    :math:`\delta_l = (\delta_{l+1} W_{l+1}) S_l`, started from 1 instead of
+    :math:`\partial\ell/\partial f`, so one product per layer over the rows
+    ``[fake, real, points]`` gives both; :math:`\partial R/\partial g` is in closed form
+    (:func:`flowkit.critics.penalties.penalty_and_gradient`). The weight gradient of each
+    layer, critic values and penalty together, is one matrix product
+    ``cat([delta, u]).T @ cat([h, v])``.
 
     Parameters
     ----------
@@ -318,12 +323,12 @@ def penalized_loss_gradients(net: MLP, x: Tensor, points: Tensor, n_fake: int, k
         rows = torch.ones(n_x + n, 1, dtype=h.dtype, device=h.device)
         rows[:n_fake] = 1.0 / n_fake
         rows[n_fake:n_x] = -1.0 / (n_x - n_fake)
-        deltas: list[Tensor] = [h] * len(hidden)
-        delta = rows * last.weight
+        deltas, delta = [], rows * last.weight
         for layer in reversed(hidden):
             delta = delta.mul_(slopes[layer])  # delta is this loop's own tensor
-            deltas[layer] = delta
+            deltas.append(delta)
             delta = delta @ linears[layer].weight
+        deltas.reverse()
         penalty, dg = penalty_and_gradient(delta[n_x:], kind)
         dg.mul_(weight / n)
         slopes_p = [s[n_x:] for s in slopes]
