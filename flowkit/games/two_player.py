@@ -110,7 +110,7 @@ class TwoPlayerOptimizer:
         """One iteration; returns ``(loss_min, loss_max)`` at the point where it started.
 
         ``closure`` may take a ``player`` parameter ("min", "max" or "both"): see the
-        class Notes."""
+        class docstring."""
         call = self._caller(closure)
         if self.mode == "simultaneous":
             loss_min, loss_max = self._split(call("both"))
