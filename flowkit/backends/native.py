@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from torch import Tensor
 
 __all__ = ["available", "unavailable_reason", "library", "reduce", "scaled_exp",
            "softmin", "softmin_ranges", "NativeLibrary", "NativeBuildError", "cache_dir",
-           "load_or_build", "FLAGS", "serial_caller", "worker_threads"]
+           "load_or_build", "FLAGS", "serial_caller", "worker_threads", "torch_threads"]
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
 SOURCE = Path(__file__).with_name("fk_native.c")
@@ -402,10 +402,11 @@ POOL = WorkerPool()
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
-    """torch's intra-op thread count set to ``n`` for the block, restored after it."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block (``None``: left as it is),
+    restored after it. The one place flowkit changes the count for a block of work."""
     before = torch.get_num_threads()
-    if before == n:
+    if n is None or before == n:
         yield
         return
     torch.set_num_threads(n)
@@ -447,7 +448,7 @@ def serial_caller():
         return
     _CALLER.threads = torch.get_num_threads()
     try:
-        with _torch_threads(1):
+        with torch_threads(1):
             yield
     finally:
         _CALLER.threads = None
@@ -525,7 +526,7 @@ def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, 
     rows = max(1, min(rows, tile_rows, n))
     rows = -(-n // -(-n // rows))  # equal row tiles: no short last tile
     cols = min(m, max(tile_cols, tile_rows * tile_cols // rows // 8 * 8))
-    with _torch_threads(1):
+    with torch_threads(1):
         xb, yb = x.contiguous(), y.contiguous()
         p, q = -c * xb.pow(2).sum(1), -c * yb.pow(2).sum(1)
         u, vb = V[:, -1].contiguous(), V[:, :-1]  # vb: BLAS reads the strided view
@@ -555,7 +556,7 @@ def _fused_tiles(lib: NativeLibrary, x: Tensor, y: Tensor, V: Tensor, c: float, 
     panels = -(-m // cols)
     POOL.run(work, m, cols * max(1, panels // (_CHUNKS_PER_THREAD * threads)),
              single_threaded_torch=True)
-    with _torch_threads(1):
+    with torch_threads(1):
         out, last = (torch.stack(t).sum(0) for t in zip(*(sums[j] for j in sorted(sums))))
         return torch.cat([out, last[:, None]], 1)
 
@@ -629,7 +630,7 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, with_barycenter: bool =
     xs, yt, hp, vt, _ = _softmin_operands(x, y, h, eps, with_barycenter)
     lse = x.new_empty(n)
     out = x.new_empty(n, vt.shape[0])
-    chunk = max(4, -(-n // (8 * torch.get_num_threads())))
+    chunk = max(4, -(-n // (8 * worker_threads())))
     POOL.run(lambda a, b: lib.softmin(xs, yt, hp, vt, lse, out, a, b), n, chunk)
     return lse, (out if with_barycenter else None)
 
@@ -699,7 +700,7 @@ def softmin_ranges(x: Tensor, y: Tensor, h: Tensor, eps: float, sparsity,
             _index_pointer(rows, "rows", (nc, 2)), _index_pointer(ptr, "ptr", (nc + 1,)),
             _index_pointer(cols, "cols", (nr, 2)))
     fn = _ranges_entry(lib)
-    chunk = max(1, -(-nc // (16 * torch.get_num_threads())))
+    chunk = max(1, -(-nc // (16 * worker_threads())))
     POOL.run(lambda a, b: fn(*ptrs, a, b, m + pad, d, k), nc, chunk)
     return lse, (out if with_barycenter else None)
 

@@ -351,8 +351,7 @@ def penalized_loss_gradients(net: MLP, x: Tensor, points: Tensor, n_fake: int, k
             w_grad = left.T @ torch.cat([inputs[layer][:n_x], vs[layer]])
             grads = [w_grad, delta.sum(0), *grads]
         loss = values[:n_fake].mean() - values[n_fake:].mean() + weight * penalty.mean()
-    order = {id(p): i for i, p in enumerate(q for m in linears for q in (m.weight, m.bias))}
-    grads = [grads[order[id(p)]] for p in net.parameters()]
+    # (weight, bias) per linear layer is the order of an MLP's parameters()
     return loss, grads
 
 

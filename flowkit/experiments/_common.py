@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from flowkit.backends.native import torch_threads
 from flowkit.validation import check_int, check_number
 
 __all__ = ["add_common", "integer", "number", "device", "check_common", "launch",
@@ -163,17 +164,6 @@ def _default_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _raise(message: str) -> NoReturn:
     raise ValueError(message)
 
@@ -216,10 +206,9 @@ def launch(module: ModuleType, args: argparse.Namespace,
     # a module sharded over processes (the demo under torchrun): rank 0 alone writes
     folder = RunFolder(args.out, name, config) if world()[0] == 0 else None
     torch.manual_seed(args.seed)
-    with _threads(args.threads), style():  # one figure style for every experiment
+    with torch_threads(args.threads), style():  # one figure style for every experiment
         module.run(args, folder)
     return folder
-
 
 
 def usable_cores() -> int:
@@ -253,14 +242,11 @@ def map_in_processes(function: Callable[[Any], Any], items: list, workers: int, 
     single process (bit for bit at equal thread counts). ``workers == 1`` runs in this
     process, after ``initializer(*initargs)``.
 
-    The processes are spawned, not forked: a fork of a process whose OpenMP threads are
-    running can hang. Each starts with ``threads`` torch threads, then runs
-    ``initializer(*initargs)`` once (hand it the large inputs the jobs share, so that they
-    are sent once per process and not once per job). ``function`` and ``initializer``
-    must be importable module-level functions. On a normal exit the pool is closed and
-    joined (``Pool.__exit__`` only terminates it, which leaves its semaphore for the
-    resource tracker to report as leaked); on an error, including one raised by a job,
-    it is terminated and joined, and the error propagates.
+    The processes come from :func:`spawned_pool` (its notes on spawning and shutting down
+    apply; an error raised by a job propagates). Each runs ``initializer(*initargs)`` once:
+    hand it the large inputs the jobs share, so that they are sent once per process and
+    not once per job. ``function`` and ``initializer`` must be importable module-level
+    functions.
 
     Parameters
     ----------

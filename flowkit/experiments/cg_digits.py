@@ -113,10 +113,12 @@ def train(spec: dict, lr: float, seed: int, args: argparse.Namespace, data: torc
         opt.step(losses)
         for s in schedules:
             s.step()
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+        # one synchronisation per check, not one per parameter
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
             diverged_at = it
             break
-        if any(p.grad is not None and bool(p.grad.any()) for p in G.parameters()):
+        grads = [p.grad.any() for p in G.parameters() if p.grad is not None]
+        if grads and bool(torch.stack(grads).any()):
             zero_grad_from = None
         elif zero_grad_from is None:
             zero_grad_from = it

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowkit.experiments._common import integer, launch, spawned_pool
+from flowkit.experiments._common import integer, launch, spawned_pool, usable_cores
 
 NAME = "toy"
 HELP = "Algorithm 1 vs WGAN-GP on 8 gaussians / 25 gaussians / swiss roll (paper sec. 7)"
@@ -410,18 +409,12 @@ def configure(args: argparse.Namespace) -> dict:
                      explicit_backward=args.explicit_backward)
     # the baseline beside Algorithm 1 on a CPU with a core for each (--sequential: after it)
     side = cfg.baseline and not args.sequential and torch.device(cfg.device).type == "cpu"
-    processes = 2 if side and _cores() >= 2 else 1
+    processes = 2 if side and usable_cores() >= 2 else 1
     if args.threads is None:
         threads = torch.get_num_threads()  # torch's default: all cores
         args.threads = 1 if cfg.hidden < WIDE_CRITIC else max(1, threads // processes)
     args._toy_config, args._toy_processes = cfg, processes
     return {**asdict(cfg), "processes": processes}
-
-
-def _cores() -> int:
-    """The CPU cores this process may run on."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def main(args: argparse.Namespace):
